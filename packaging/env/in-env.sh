@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run a command inside the Debian 13 root, as root, with the repository at the same path.
+# Everything is mounted inside a private mount namespace, so the host keeps no mounts and
+# cgroupfs is only bind-mounted (never remounted or rebound): containers still create their
+# cgroups only under their own cgroupsPath.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+root=$("$here/mkenv.sh")
+[ $# -gt 0 ] || set -- bash
+exec unshare -m --propagation private /bin/bash -euo pipefail -c '
+root=$1; repo=$2; shift 2
+# "/" of the chroot must be a mount point, or pivot_root and propagation changes fail there.
+mount --rbind "$root" "$root"
+mount -t proc proc "$root/proc"
+mount --rbind /sys "$root/sys"
+mount --rbind /dev "$root/dev"
+mkdir -p "$root$repo" "$root/root/.cargo" "$root/root/.rustup"
+mount --bind "$repo" "$root$repo"
+[ -d /root/.cargo ] && mount --bind /root/.cargo "$root/root/.cargo"
+[ -d /root/.rustup ] && mount --bind /root/.rustup "$root/root/.rustup"
+# Shared across sessions: the private containerd keeps its state under /run/wshim in the root.
+mkdir -p "$root/run/wshim"
+cd "$root$repo"
+exec chroot "$root" /usr/bin/env -i \
+  HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  TERM="${TERM:-dumb}" CARGO_HOME=/root/.cargo RUSTUP_HOME=/root/.rustup RUSTUP_AUTO_INSTALL=0 \
+  WASMEDGE_INCLUDE_DIR=/usr/include WASMEDGE_LIB_DIR=/usr/lib/x86_64-linux-gnu \
+  CARGO_TARGET_DIR="$repo/target/env" CI="${CI:-}" WSHIM_IN_ENV=1 \
+  /bin/bash -c "cd \"$repo\" && exec \"\$@\"" bash "$@"
+' bash "$root" "$repo" "$@"
