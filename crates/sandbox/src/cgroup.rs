@@ -1,0 +1,431 @@
+//! cgroups v1 (including hybrid hosts) and v2, with the cgroupfs root as a parameter so the
+//! logic runs on a temp dir laid out like cgroupfs. Only directories under the container's
+//! own `cgroupsPath` are created, written and removed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::LinuxResources;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {path}: {op}: {source}")]
+    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    #[error("{field}: not supported on cgroup {mode:?} ({why})")]
+    Unsupported { field: &'static str, mode: CgroupMode, why: &'static str },
+    #[error("cgroup root {0}: no cgroup hierarchy found")]
+    NoHierarchy(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// One hierarchy per controller (and on hybrid hosts a controller-less `unified` one).
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+/// A container's cgroup: one directory per hierarchy.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    pub mode: CgroupMode,
+    /// (hierarchy name, directory), e.g. ("memory", /sys/fs/cgroup/memory/default/c1).
+    pub dirs: Vec<(String, PathBuf)>,
+}
+
+fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io { path: path.to_path_buf(), op, source }
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
+    let p = dir.join(file);
+    std::fs::write(&p, value).map_err(|source| CgroupError::Io { path: p.clone(), op: "write", source })
+}
+
+impl CgroupMode {
+    pub fn detect(root: &Path) -> CgroupMode {
+        if root.join("cgroup.controllers").exists() {
+            CgroupMode::V2
+        } else {
+            CgroupMode::V1
+        }
+    }
+}
+
+impl Cgroup {
+    /// The directories `rel` has (or would have) under `root`, without touching anything.
+    pub fn locate(root: &Path, rel: &str) -> Result<Cgroup, CgroupError> {
+        let rel = rel.trim_start_matches('/');
+        let mode = CgroupMode::detect(root);
+        let dirs = match mode {
+            CgroupMode::V2 => vec![(String::new(), root.join(rel))],
+            CgroupMode::V1 => {
+                let mut dirs = Vec::new();
+                let mut seen = Vec::new();
+                let mut entries: Vec<_> = std::fs::read_dir(root).map_err(io(root, "list"))?.flatten().collect();
+                entries.sort_by_key(|e| e.file_name());
+                for e in entries {
+                    let h = e.path();
+                    // Co-mounted controllers show up twice (cpu -> cpu,cpuacct): keep one.
+                    let canon = std::fs::canonicalize(&h).unwrap_or(h.clone());
+                    if !h.join("cgroup.procs").exists() || seen.contains(&canon) {
+                        continue;
+                    }
+                    seen.push(canon);
+                    dirs.push((e.file_name().to_string_lossy().into_owned(), h.join(rel)));
+                }
+                if dirs.is_empty() {
+                    return Err(CgroupError::NoHierarchy(root.to_path_buf()));
+                }
+                dirs
+            }
+        };
+        Ok(Cgroup { mode, dirs })
+    }
+
+    /// Creates the cgroup under `root` and applies `resources`. Only directories below `root`
+    /// on the path `rel` are created; ancestors that already exist are left as they are.
+    pub fn create(root: &Path, rel: &str, resources: Option<&LinuxResources>) -> Result<Cgroup, CgroupError> {
+        let cg = Cgroup::locate(root, rel)?;
+        if cg.mode == CgroupMode::V2 {
+            if let Some(r) = resources {
+                if r.devices().as_ref().is_some_and(|d| d.iter().any(|d| d.allow() || d.access().as_deref() != Some("rwm") || d.typ().is_some())) {
+                    return Err(CgroupError::Unsupported {
+                        field: "linux.resources.devices",
+                        mode: CgroupMode::V2,
+                        why: "device rules on cgroup v2 need an eBPF program, not implemented yet",
+                    });
+                }
+            }
+            enable_v2_controllers(root, rel.trim_start_matches('/'), resources)?;
+        }
+        for (name, dir) in &cg.dirs {
+            let hierarchy = dir.ancestors().find(|a| a.parent() == Some(root)).map(Path::to_path_buf).unwrap_or(root.to_path_buf());
+            let top = if cg.mode == CgroupMode::V2 { root.to_path_buf() } else { hierarchy };
+            make_dirs(&top, dir, cg.mode == CgroupMode::V1 && name == "cpuset")?;
+        }
+        if let Some(r) = resources {
+            match cg.mode {
+                CgroupMode::V1 => cg.apply_v1(r)?,
+                CgroupMode::V2 => cg.apply_v2(r)?,
+            }
+        }
+        Ok(cg)
+    }
+
+    pub fn dir(&self, hierarchy: &str) -> Option<&Path> {
+        self.dirs.iter().find(|(n, _)| n == hierarchy).map(|(_, d)| d.as_path())
+    }
+
+    /// The `cgroup.procs` files a process writes its pid into to join this cgroup.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(_, d)| d.join("cgroup.procs")).collect()
+    }
+
+    /// Pids of every process in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .dirs
+            .iter()
+            .filter_map(|(_, d)| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Removes the container's directories (not their ancestors). Retries while exiting
+    /// processes keep a directory busy.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        for (_, d) in &self.dirs {
+            let mut tries = 0;
+            loop {
+                match std::fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(source) => return Err(CgroupError::Io { path: d.clone(), op: "remove", source }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_v1(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        if let (Some(m), Some(dir)) = (r.memory(), self.dir("memory")) {
+            if let Some(l) = m.limit() {
+                write(dir, "memory.limit_in_bytes", &l.to_string())?;
+            }
+            if let Some(s) = m.reservation() {
+                write(dir, "memory.soft_limit_in_bytes", &s.to_string())?;
+            }
+            if let Some(s) = m.swap() {
+                // Without swap accounting the file is missing; a swap equal to the limit
+                // (no extra swap) is then already what happens.
+                if dir.join("memory.memsw.limit_in_bytes").exists() {
+                    write(dir, "memory.memsw.limit_in_bytes", &s.to_string())?;
+                } else if Some(s) != m.limit() {
+                    return Err(CgroupError::Unsupported { field: "linux.resources.memory.swap", mode: CgroupMode::V1, why: "swap accounting is off on this host" });
+                }
+            }
+            if let Some(s) = m.swappiness() {
+                write(dir, "memory.swappiness", &s.to_string())?;
+            }
+            if m.disable_oom_killer() == Some(true) {
+                write(dir, "memory.oom_control", "1")?;
+            }
+        }
+        if let Some(c) = r.cpu() {
+            if let Some(dir) = self.dir("cpu") {
+                if let Some(s) = c.shares() {
+                    write(dir, "cpu.shares", &s.to_string())?;
+                }
+                // The period first: a quota is checked against the current period.
+                if let Some(p) = c.period() {
+                    write(dir, "cpu.cfs_period_us", &p.to_string())?;
+                }
+                if let Some(q) = c.quota() {
+                    write(dir, "cpu.cfs_quota_us", &q.to_string())?;
+                }
+            }
+            if let Some(dir) = self.dir("cpuset") {
+                if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+                    write(dir, "cpuset.cpus", cpus)?;
+                }
+                if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+                    write(dir, "cpuset.mems", mems)?;
+                }
+            }
+        }
+        if let (Some(p), Some(dir)) = (r.pids(), self.dir("pids")) {
+            let v = if p.limit() > 0 { p.limit().to_string() } else { "max".into() };
+            write(dir, "pids.max", &v)?;
+        }
+        if let (Some(rules), Some(dir)) = (r.devices(), self.dir("devices")) {
+            for d in rules {
+                let typ = d.typ().map(|t| t.as_str().to_string()).unwrap_or_else(|| "a".into());
+                let num = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_else(|| "*".into());
+                let line = format!("{} {}:{} {}", typ, num(d.major()), num(d.minor()), d.access().as_deref().unwrap_or("rwm"));
+                write(dir, if d.allow() { "devices.allow" } else { "devices.deny" }, &line)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_v2(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        let dir = &self.dirs[0].1;
+        if let Some(m) = r.memory() {
+            let v = |n: i64| if n < 0 { "max".to_string() } else { n.to_string() };
+            if let Some(l) = m.limit() {
+                write(dir, "memory.max", &v(l))?;
+            }
+            if let Some(s) = m.reservation() {
+                write(dir, "memory.low", &v(s))?;
+            }
+            if let Some(s) = m.swap() {
+                // v1's swap is memory+swap; v2's memory.swap.max is swap alone.
+                let swap = match (s, m.limit()) {
+                    (-1, _) => "max".to_string(),
+                    (s, Some(l)) if l > 0 => (s - l).max(0).to_string(),
+                    (s, _) => s.to_string(),
+                };
+                write(dir, "memory.swap.max", &swap)?;
+            }
+            if m.disable_oom_killer() == Some(true) {
+                return Err(CgroupError::Unsupported { field: "linux.resources.memory.disableOOMKiller", mode: CgroupMode::V2, why: "cgroup v2 has no switch for it" });
+            }
+        }
+        if let Some(c) = r.cpu() {
+            if let Some(s) = c.shares() {
+                write(dir, "cpu.weight", &shares_to_weight(s).to_string())?;
+            }
+            if c.quota().is_some() || c.period().is_some() {
+                let quota = match c.quota() {
+                    Some(q) if q > 0 => q.to_string(),
+                    _ => "max".into(),
+                };
+                write(dir, "cpu.max", &format!("{quota} {}", c.period().unwrap_or(100_000)))?;
+            }
+            if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+                write(dir, "cpuset.cpus", cpus)?;
+            }
+            if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+                write(dir, "cpuset.mems", mems)?;
+            }
+        }
+        if let Some(p) = r.pids() {
+            let v = if p.limit() > 0 { p.limit().to_string() } else { "max".into() };
+            write(dir, "pids.max", &v)?;
+        }
+        Ok(())
+    }
+}
+
+/// cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000), as runc and crun convert.
+pub(crate) fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
+}
+
+fn wants_cpuset(r: Option<&LinuxResources>) -> bool {
+    r.and_then(|r| r.cpu().as_ref()).is_some_and(|c| c.cpus().is_some() || c.mems().is_some())
+}
+
+/// Creates `dir` and its missing ancestors below `top`. New cpuset directories start empty
+/// in v1 and refuse members, so each new one copies its parent's cpus and mems.
+fn make_dirs(top: &Path, dir: &Path, cpuset: bool) -> Result<(), CgroupError> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| *a != top && !a.exists()).collect();
+    for d in missing.into_iter().rev() {
+        std::fs::create_dir(d).map_err(io(d, "create"))?;
+        if cpuset {
+            let parent = d.parent().expect("below top");
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = std::fs::read_to_string(parent.join(f)) {
+                    write(d, f, v.trim())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// On v2, a controller must be enabled in every ancestor's `cgroup.subtree_control` for its
+/// files to appear. Only controllers the resources use, and only where not enabled yet.
+fn enable_v2_controllers(root: &Path, rel: &str, r: Option<&LinuxResources>) -> Result<(), CgroupError> {
+    let Some(r) = r else { return Ok(()) };
+    let mut want = Vec::new();
+    if r.memory().is_some() {
+        want.push("memory");
+    }
+    if r.cpu().as_ref().is_some_and(|c| c.shares().is_some() || c.quota().is_some() || c.period().is_some()) {
+        want.push("cpu");
+    }
+    if wants_cpuset(Some(r)) {
+        want.push("cpuset");
+    }
+    if r.pids().is_some() {
+        want.push("pids");
+    }
+    if want.is_empty() {
+        return Ok(());
+    }
+    let mut dir = root.to_path_buf();
+    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+    for (i, c) in comps.iter().enumerate() {
+        let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+        let add: Vec<String> = want.iter().filter(|w| !enabled.split_whitespace().any(|e| e == **w)).map(|w| format!("+{w}")).collect();
+        if !add.is_empty() {
+            write(&dir, "cgroup.subtree_control", &add.join(" "))?;
+        }
+        dir = dir.join(c);
+        if i + 1 < comps.len() && !dir.exists() {
+            std::fs::create_dir(&dir).map_err(io(&dir, "create"))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(json: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn read(p: PathBuf) -> String {
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn v1_tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for h in ["cpu", "cpuset", "memory", "pids", "devices", "unified"] {
+            std::fs::create_dir(d.path().join(h)).unwrap();
+            std::fs::write(d.path().join(h).join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::write(d.path().join("cpuset/cpuset.cpus"), "0-1\n").unwrap();
+        std::fs::write(d.path().join("cpuset/cpuset.mems"), "0\n").unwrap();
+        std::fs::create_dir(d.path().join("not-a-hierarchy")).unwrap();
+        d
+    }
+
+    #[test]
+    fn v1_creates_applies_and_removes() {
+        let t = v1_tree();
+        let r = resources(serde_json::json!({
+            "memory": {"limit": 67108864, "reservation": 33554432},
+            "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+            "pids": {"limit": 32},
+            "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]
+        }));
+        let cg = Cgroup::create(t.path(), "/default/c1", Some(&r)).unwrap();
+        assert_eq!(cg.mode, CgroupMode::V1);
+        assert_eq!(cg.dirs.len(), 6, "{:?}", cg.dirs);
+        let p = t.path();
+        assert_eq!(read(p.join("memory/default/c1/memory.limit_in_bytes")), "67108864");
+        assert_eq!(read(p.join("memory/default/c1/memory.soft_limit_in_bytes")), "33554432");
+        assert_eq!(read(p.join("cpu/default/c1/cpu.shares")), "512");
+        assert_eq!(read(p.join("cpu/default/c1/cpu.cfs_quota_us")), "50000");
+        assert_eq!(read(p.join("pids/default/c1/pids.max")), "32");
+        // The last rule written wins in this fake tree; on cgroupfs each write adds a rule.
+        assert_eq!(read(p.join("devices/default/c1/devices.allow")), "c 1:3 rwm");
+        assert_eq!(read(p.join("devices/default/c1/devices.deny")), "a *:* rwm");
+        assert_eq!(read(p.join("cpuset/default/cpuset.cpus")), "0-1", "new cpuset dirs copy their parent");
+        assert_eq!(read(p.join("cpuset/default/c1/cpuset.mems")), "0");
+        assert!(cg.procs_files().contains(&p.join("unified/default/c1/cgroup.procs")));
+        // A fake tree has no kernel to empty the directories; remove what we wrote.
+        for (_, d) in &cg.dirs {
+            for f in std::fs::read_dir(d).unwrap() {
+                std::fs::remove_file(f.unwrap().path()).unwrap();
+            }
+        }
+        cg.remove().unwrap();
+        assert!(!p.join("memory/default/c1").exists());
+        assert!(p.join("memory/default").exists(), "ancestors stay");
+    }
+
+    #[test]
+    fn v2_writes_unified_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+        std::fs::write(d.path().join("cgroup.subtree_control"), "memory").unwrap();
+        let r = resources(serde_json::json!({
+            "memory": {"limit": 1048576, "swap": 2097152},
+            "cpu": {"shares": 1024, "quota": 20000, "period": 100000},
+            "pids": {"limit": 0}
+        }));
+        let cg = Cgroup::create(d.path(), "k8s/pod/c1", Some(&r)).unwrap();
+        assert_eq!(cg.mode, CgroupMode::V2);
+        let dir = d.path().join("k8s/pod/c1");
+        assert_eq!(read(dir.join("memory.max")), "1048576");
+        assert_eq!(read(dir.join("memory.swap.max")), "1048576");
+        assert_eq!(read(dir.join("cpu.weight")), shares_to_weight(1024).to_string());
+        assert_eq!(read(dir.join("cpu.max")), "20000 100000");
+        assert_eq!(read(dir.join("pids.max")), "max");
+        assert_eq!(read(d.path().join("cgroup.subtree_control")), "+cpu +pids", "only missing controllers are enabled");
+        assert_eq!(read(d.path().join("k8s/pod/cgroup.subtree_control")), "+memory +cpu +pids");
+    }
+
+    #[test]
+    fn v2_refuses_device_rules() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("cgroup.controllers"), "").unwrap();
+        let r = resources(serde_json::json!({"devices": [{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]}));
+        let e = Cgroup::create(d.path(), "c1", Some(&r)).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.devices"), "{e}");
+        assert!(!d.path().join("c1").exists());
+    }
+
+    #[test]
+    fn weight_conversion_matches_the_known_points() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1024), 39);
+    }
+}

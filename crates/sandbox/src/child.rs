@@ -1,0 +1,212 @@
+//! The container process, from clone(2) to running its payload. One straight-line function;
+//! each step's position is forced by the comment above it.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::str::FromStr;
+
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::socket::MsgFlags;
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{chdir, dup2, execve, sethostname, setsid, Gid, Uid};
+
+use crate::error::{Ctx, SetupError, Step};
+use crate::sync::{recv, send, ChildMsg, ParentMsg};
+use crate::{mounts, Payload, Plan};
+
+/// Runs in the new process returned by clone(2) in the fork server; never returns.
+pub(crate) fn container_init<P: Payload>(plan: Plan, sync: OwnedFd, payload: &P) -> ! {
+    let code = match init(&plan, &sync, payload) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = send(sync.as_fd(), &ChildMsg::Failed(e), &[]);
+            1
+        }
+    };
+    // SAFETY: _exit skips destructors and atexit handlers that belong to the fork server.
+    unsafe { libc::_exit(code) }
+}
+
+fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, SetupError> {
+    // A session of its own: signals to the shim's process group must not reach the container.
+    setsid().ctx(Step::Session, "setsid")?;
+
+    // Join the cgroup while still in the shim's cgroup namespace, so that a new cgroup
+    // namespace below is rooted at the container's own cgroup.
+    for f in &plan.cgroup_procs {
+        std::fs::write(f, "0").ctx(Step::JoinCgroup, f.display())?;
+    }
+
+    // Namespaces given by path (a pod's shared ones). Before any mount work, so a joined
+    // mount namespace is the one the container's mounts go into.
+    for (flag, path) in &plan.join_ns {
+        let f = std::fs::File::open(path).ctx(Step::JoinNamespace, path.display())?;
+        setns(f.as_fd(), CloneFlags::from_bits_truncate(*flag)).ctx(Step::JoinNamespace, path.display())?;
+    }
+    if plan.new_cgroup_ns {
+        unshare(CloneFlags::CLONE_NEWCGROUP).ctx(Step::UnshareCgroupNs, "unshare")?;
+    }
+
+    // oom_score_adj and the stdio FIFOs are host paths: before pivot_root hides them.
+    if let Some(adj) = plan.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).ctx(Step::Session, "process.oomScoreAdj")?;
+    }
+    open_stdio(plan)?;
+
+    mounts::setup_rootfs(plan)?;
+
+    if let Some(h) = &plan.hostname {
+        sethostname(h).ctx(Step::Hostname, "hostname")?;
+    }
+    if let Some(d) = &plan.domainname {
+        // SAFETY: the pointer and length describe `d`, which outlives the call.
+        let r = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
+        if r != 0 {
+            return Err(SetupError::new(Step::Hostname, format!("domainname: {}", std::io::Error::last_os_error())));
+        }
+    }
+    // /proc/sys is the container's own view now (its /proc mount, its namespaces).
+    for (k, v) in &plan.sysctl {
+        let p = Path::new("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&p, v).ctx(Step::Sysctl, k)?;
+    }
+    for &(res, soft, hard) in &plan.rlimits {
+        let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(res as _, &lim) } != 0 {
+            return Err(SetupError::new(Step::Rlimits, format!("resource {res}: {}", std::io::Error::last_os_error())));
+        }
+    }
+    if let Some(m) = plan.umask {
+        umask(Mode::from_bits_truncate(m));
+    }
+    chdir(&plan.cwd).ctx(Step::Cwd, plan.cwd.display())?;
+
+    // Load the module while still root in the container: its file may be unreadable to the
+    // process's user, like an executable that is exec-only.
+    let prepared = if plan.is_native() { None } else { Some(payload.prepare(plan).map_err(|e| SetupError::new(Step::Prepare, e))?) };
+
+    set_user_and_caps(plan)?;
+    if plan.no_new_privs {
+        // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(SetupError::new(Step::NoNewPrivs, std::io::Error::last_os_error()));
+        }
+    }
+
+    // Nothing the fork server or the shim had open may reach the container (CVE-2024-21626).
+    close_fds_except(sync.as_raw_fd())?;
+
+    send(sync.as_fd(), &ChildMsg::Ready, &[]).ctx(Step::Prepare, "report ready")?;
+    match recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()) {
+        Ok(Some((ParentMsg::Start, _))) => {}
+        // The shim went away, or deleted us before Start.
+        _ => return Ok(137),
+    }
+
+    match prepared {
+        None => {
+            let crate::plan::Plan { args, env, .. } = plan;
+            let wshim_oci::Entrypoint::Native { program } = &plan.entry else { unreachable!("checked by is_native") };
+            let prog = CString::new(program.as_os_str().as_bytes()).ctx(Step::Exec, "program")?;
+            let argv: Vec<CString> = args.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().ctx(Step::Exec, "process.args")?;
+            let envp: Vec<CString> = env.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().ctx(Step::Exec, "process.env")?;
+            // The sync socket is close-on-exec: its EOF tells the shim the exec happened.
+            let e = execve(&prog, &argv, &envp).unwrap_err();
+            Err(SetupError::new(Step::Exec, format!("{}: {e}", program.display())))
+        }
+        Some(prepared) => {
+            send(sync.as_fd(), &ChildMsg::Started, &[]).ctx(Step::Prepare, "report started")?;
+            let (code, message) = payload.run(prepared, plan);
+            if message.is_some() {
+                let _ = send(sync.as_fd(), &ChildMsg::Exited { code, message }, &[]);
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Opens containerd's stdio FIFOs onto fds 0, 1 and 2 (/dev/null where none is given).
+fn open_stdio(plan: &Plan) -> Result<(), SetupError> {
+    let s = &plan.stdio;
+    for (target, path, write) in [(0, &s.stdin, false), (1, &s.stdout, true), (2, &s.stderr, true)] {
+        let fd: OwnedFd = match path {
+            None => open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).ctx(Step::OpenStdio, "/dev/null")?,
+            // A FIFO's write end blocks until a reader exists: hold a read end meanwhile.
+            Some(p) if write => {
+                let keep = open(p, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()).ok();
+                let fd = open(p, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()).ctx(Step::OpenStdio, p.display())?;
+                drop(keep);
+                fd
+            }
+            // Opening a FIFO's read end without O_NONBLOCK waits for a writer; don't.
+            Some(p) => {
+                let fd = open(p, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()).ctx(Step::OpenStdio, p.display())?;
+                fcntl(&fd, FcntlArg::F_SETFL(OFlag::empty())).ctx(Step::OpenStdio, "clear O_NONBLOCK")?;
+                fd
+            }
+        };
+        // SAFETY: `target` is one of the standard descriptors, which this process owns.
+        let mut t = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(target) };
+        dup2(&fd, &mut t).ctx(Step::OpenStdio, "dup2")?;
+        // dup2 clears close-on-exec on the copy; keep 0-2 open and forget the handle.
+        let _ = t.into_raw_fd();
+    }
+    Ok(())
+}
+
+fn set_user_and_caps(plan: &Plan) -> Result<(), SetupError> {
+    use caps::{CapSet, Capability};
+    let parse = |names: &[String]| -> Result<HashSet<Capability>, SetupError> {
+        names.iter().map(|n| Capability::from_str(n).map_err(|e| SetupError::new(Step::Capabilities, format!("{n}: {e}")))).collect()
+    };
+    // The bounding set shrinks while we still hold CAP_SETPCAP.
+    if let Some(c) = &plan.caps {
+        let keep = parse(&c.bounding)?;
+        for cap in caps::all() {
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap).ctx(Step::Capabilities, format!("drop {cap} from bounding"))?;
+            }
+        }
+    }
+    // Keep the permitted set across setuid so the spec's sets can be applied after it.
+    // SAFETY: prctl with PR_SET_KEEPCAPS takes integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    let gids: Vec<Gid> = plan.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&gids).ctx(Step::User, "process.user.additionalGids")?;
+    let gid = Gid::from_raw(plan.gid);
+    nix::unistd::setresgid(gid, gid, gid).ctx(Step::User, "process.user.gid")?;
+    let uid = Uid::from_raw(plan.uid);
+    nix::unistd::setresuid(uid, uid, uid).ctx(Step::User, "process.user.uid")?;
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    if let Some(c) = &plan.caps {
+        caps::set(None, CapSet::Effective, &HashSet::new()).ctx(Step::Capabilities, "clear effective")?;
+        caps::set(None, CapSet::Permitted, &parse(&c.permitted)?).ctx(Step::Capabilities, "permitted")?;
+        caps::set(None, CapSet::Inheritable, &parse(&c.inheritable)?).ctx(Step::Capabilities, "inheritable")?;
+        caps::set(None, CapSet::Effective, &parse(&c.effective)?).ctx(Step::Capabilities, "effective")?;
+        caps::clear(None, CapSet::Ambient).ctx(Step::Capabilities, "clear ambient")?;
+        for cap in parse(&c.ambient)? {
+            caps::raise(None, CapSet::Ambient, cap).ctx(Step::Capabilities, format!("ambient {cap}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn close_fds_except(keep: i32) -> Result<(), SetupError> {
+    for (lo, hi) in [(3u32, keep as u32 - 1), (keep as u32 + 1, u32::MAX)] {
+        if lo > hi {
+            continue;
+        }
+        // SAFETY: close_range only closes descriptors; none of the ones in range is used
+        // again by this process (the payload is prepared, stdio is 0-2, sync is `keep`).
+        if unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) } != 0 {
+            return Err(SetupError::new(Step::CloseFds, std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}

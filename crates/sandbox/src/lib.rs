@@ -1,0 +1,41 @@
+//! Linux container setup, crun-style, and the fork server that starts containers.
+//!
+//! * [`Plan`] is the validated subset of an OCI runtime spec that this crate honours; every
+//!   field it cannot honour is refused by [`Plan::from_bundle`] with an error naming it.
+//! * [`Zygote`] is a single-threaded process forked before the shim starts any thread. It
+//!   clones container processes on request; they become children of the shim (`CLONE_PARENT`).
+//! * [`create_container`] is the parent side of container creation, [`child`] the child side.
+//! * [`Payload`] is how a process that is not a native executable (a wasm module) gets run
+//!   inside the finished container: this crate knows nothing about wasm.
+//!
+//! This is the only crate of the workspace with `unsafe` code.
+
+mod cgroup;
+mod child;
+mod error;
+mod mounts;
+mod parent;
+mod plan;
+mod sync;
+mod zygote;
+
+pub use cgroup::{Cgroup, CgroupError, CgroupMode};
+pub use error::{SetupError, Step};
+pub use mounts::{mount_rootfs, unmount_rootfs, RootfsMount};
+pub use parent::{create_container, Container, CreateError};
+pub use plan::{CapPlan, DevicePlan, MountPlan};
+pub use plan::{Plan, PlanError, Stdio};
+pub use zygote::{Zygote, ZygoteError};
+
+/// Runs a container's process when it is not a native executable.
+pub trait Payload {
+    /// Whatever `prepare` made ready (a loaded, validated module).
+    type Prepared;
+    /// Called inside the finished container, before it reports ready to the shim: errors here
+    /// fail the Create call. `entry` is the plan's entrypoint.
+    fn prepare(&self, plan: &Plan) -> Result<Self::Prepared, String>;
+    /// Runs the process; returns its exit code and, if it ended abnormally (a trap), a
+    /// message for the shim's log. Called after Start, with the user, capabilities and
+    /// no_new_privs already applied.
+    fn run(&self, prepared: Self::Prepared, plan: &Plan) -> (i32, Option<String>);
+}

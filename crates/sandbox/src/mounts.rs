@@ -1,0 +1,249 @@
+//! Mounts: the rootfs mounts containerd hands to Create (done in the shim), and the
+//! container's own mount table (done in the child, before and after pivot_root).
+
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, chown, pivot_root, Gid, Uid};
+
+use crate::error::{Ctx, SetupError, Step};
+use crate::plan::{parse_mount_options, under, DevicePlan, MountPlan, Plan};
+
+/// One of the mounts containerd passes in CreateTaskRequest.rootfs.
+#[derive(Debug, Clone)]
+pub struct RootfsMount {
+    pub fstype: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// Mounts containerd's rootfs mounts, in order, on `target` (the bundle's `rootfs`).
+pub fn mount_rootfs(mounts: &[RootfsMount], target: &Path) -> Result<(), std::io::Error> {
+    for m in mounts {
+        let (flags, _prop, data, _bind) = parse_mount_options(&m.options);
+        let fstype = if m.fstype == "bind" || m.fstype == "rbind" { None } else { Some(m.fstype.as_str()) };
+        let extra = if m.fstype == "bind" || m.fstype == "rbind" { MsFlags::MS_BIND } else { MsFlags::empty() };
+        mount(Some(m.source.as_str()), target, fstype, flags | extra, (!data.is_empty()).then_some(data.as_str()))
+            .map_err(|e| std::io::Error::other(format!("mount {} ({}) on {}: {e}", m.source, m.fstype, target.display())))?;
+    }
+    Ok(())
+}
+
+/// Detaches every mount stacked on `target`. Not mounted is fine.
+pub fn unmount_rootfs(target: &Path) -> Result<(), std::io::Error> {
+    for _ in 0..16 {
+        match umount2(target, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(std::io::Error::other(format!("unmount {}: {e}", target.display()))),
+        }
+    }
+    Ok(())
+}
+
+/// Builds the container's filesystem view and pivots into it. Runs in the child, in its new
+/// mount namespace, so nothing here is visible to the host.
+pub(crate) fn setup_rootfs(plan: &Plan) -> Result<(), SetupError> {
+    let rootfs = &plan.rootfs;
+    // Stop our mounts from propagating back to the host before making any.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>).ctx(Step::Mounts, "make / rslave")?;
+    // pivot_root needs the new root to be a mount point.
+    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .ctx(Step::Mounts, format!("bind {} onto itself", rootfs.display()))?;
+
+    for (i, m) in plan.mounts.iter().enumerate() {
+        mount_one(plan, m).map_err(|e| SetupError::new(Step::Mounts, format!("mounts[{i}] ({}): {}", m.destination.display(), e.message)))?;
+    }
+    make_devices(plan)?;
+
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the
+    // container's tree. The old root is made rslave first so the detach stays here.
+    chdir(rootfs).ctx(Step::PivotRoot, format!("chdir {}", rootfs.display()))?;
+    pivot_root(".", ".").ctx(Step::PivotRoot, rootfs.display())?;
+    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>).ctx(Step::PivotRoot, "make old root rslave")?;
+    umount2(".", MntFlags::MNT_DETACH).ctx(Step::PivotRoot, "detach old root")?;
+    chdir("/").ctx(Step::PivotRoot, "chdir /")?;
+    // The spec's propagation for the container's root (default rslave).
+    let prop = MsFlags::from_bits_truncate(plan.rootfs_propagation);
+    mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).ctx(Step::PivotRoot, "set rootfsPropagation")?;
+
+    for p in &plan.masked_paths {
+        mask_path(p)?;
+    }
+    for p in &plan.readonly_paths {
+        readonly_path(p)?;
+    }
+    if plan.readonly_root {
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
+            .ctx(Step::Mounts, "root.readonly")?;
+    }
+    Ok(())
+}
+
+fn mount_one(plan: &Plan, m: &MountPlan) -> Result<(), SetupError> {
+    let dest = wshim_oci::resolve_in_root(&plan.rootfs, &m.destination).ctx(Step::Mounts, "resolve destination")?;
+    let flags = MsFlags::from_bits_truncate(m.flags);
+    let data = (!m.data.is_empty()).then_some(m.data.as_str());
+
+    if m.fstype == "cgroup" || m.fstype == "cgroup2" {
+        return mount_cgroup(plan, m, &dest, flags);
+    }
+    if m.bind {
+        let src = m.source.clone().ok_or_else(|| SetupError::new(Step::Mounts, "bind mount without source"))?;
+        let md = std::fs::metadata(&src).ctx(Step::Mounts, format!("source {}", src.display()))?;
+        ensure_target(&dest, md.is_dir())?;
+        mount(Some(&src), &dest, None::<&str>, MsFlags::MS_BIND | (flags & MsFlags::MS_REC), None::<&str>)
+            .ctx(Step::Mounts, format!("bind {}", src.display()))?;
+        // A bind mount ignores most flags; they take effect on a remount.
+        let remount = flags & !(MsFlags::MS_REC | MsFlags::MS_BIND);
+        if !remount.is_empty() {
+            mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | remount, None::<&str>)
+                .ctx(Step::Mounts, "remount bind with options")?;
+        }
+    } else {
+        ensure_target(&dest, true)?;
+        let src = m.source.clone().unwrap_or_else(|| PathBuf::from(&m.fstype));
+        match mount(Some(&src), &dest, Some(m.fstype.as_str()), flags, data) {
+            Ok(()) => {}
+            // sysfs cannot be mounted without a network namespace of our own: bind the host's
+            // read-only instead, as runc does.
+            Err(nix::errno::Errno::EPERM) if m.fstype == "sysfs" => {
+                mount(Some("/sys"), &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).ctx(Step::Mounts, "bind /sys")?;
+                mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | flags, None::<&str>)
+                    .ctx(Step::Mounts, "remount /sys read-only")?;
+            }
+            Err(e) => return Err(SetupError::new(Step::Mounts, format!("mount {} type {}: {e}", src.display(), m.fstype))),
+        }
+    }
+    let prop = MsFlags::from_bits_truncate(m.propagation);
+    if !prop.is_empty() {
+        mount(None::<&str>, &dest, None::<&str>, prop, None::<&str>).ctx(Step::Mounts, "set propagation")?;
+    }
+    Ok(())
+}
+
+/// A `cgroup` mount shows the container only its own cgroup. On v1 that is a tmpfs holding
+/// one bind mount per hierarchy of the container's own directories; on v2 a cgroup2 mount
+/// (the container has its own cgroup namespace) or a bind of its directory.
+fn mount_cgroup(plan: &Plan, m: &MountPlan, dest: &Path, flags: MsFlags) -> Result<(), SetupError> {
+    ensure_target(dest, true)?;
+    let ro = flags.contains(MsFlags::MS_RDONLY);
+    let base = flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    let sources = &plan.cgroup_mount_sources;
+    if sources.len() == 1 && sources[0].0.is_empty() {
+        if plan.new_cgroup_ns {
+            mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>).ctx(Step::Mounts, "mount cgroup2")?;
+        } else {
+            bind_ro(&sources[0].1, dest, ro, base)?;
+        }
+        return Ok(());
+    }
+    mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755")).ctx(Step::Mounts, format!("tmpfs for {}", m.destination.display()))?;
+    for (name, host_dir) in sources {
+        let d = dest.join(name);
+        ensure_target(&d, true)?;
+        bind_ro(host_dir, &d, ro, base)?;
+    }
+    if ro {
+        mount(None::<&str>, dest, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base, Some("mode=755")).ctx(Step::Mounts, "remount cgroup tmpfs ro")?;
+    }
+    Ok(())
+}
+
+fn bind_ro(src: &Path, dest: &Path, ro: bool, base: MsFlags) -> Result<(), SetupError> {
+    mount(Some(src), dest, None::<&str>, MsFlags::MS_BIND, None::<&str>).ctx(Step::Mounts, format!("bind {}", src.display()))?;
+    let ro = if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    mount(None::<&str>, dest, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | ro | base, None::<&str>).ctx(Step::Mounts, "remount bind")
+}
+
+fn ensure_target(dest: &Path, dir: bool) -> Result<(), SetupError> {
+    if dest.exists() {
+        return Ok(());
+    }
+    if dir {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dest).ctx(Step::Mounts, format!("mkdir {}", dest.display()))
+    } else {
+        if let Some(p) = dest.parent() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o755).create(p).ctx(Step::Mounts, format!("mkdir {}", p.display()))?;
+        }
+        std::fs::File::create(dest).map(drop).ctx(Step::Mounts, format!("create {}", dest.display()))
+    }
+}
+
+fn make_devices(plan: &Plan) -> Result<(), SetupError> {
+    let dev = under(&plan.rootfs, Path::new("/dev"));
+    for d in &plan.devices {
+        make_device(&plan.rootfs, d).map_err(|e| SetupError::new(Step::Mounts, format!("device {}: {}", d.path.display(), e.message)))?;
+    }
+    // The links every Linux program expects under /dev.
+    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        let l = dev.join(link);
+        if l.symlink_metadata().is_err() {
+            symlink(target, &l).ctx(Step::Mounts, format!("symlink /dev/{link}"))?;
+        }
+    }
+    let ptmx = dev.join("ptmx");
+    if dev.join("pts").is_dir() && ptmx.symlink_metadata().is_err() {
+        symlink("pts/ptmx", &ptmx).ctx(Step::Mounts, "symlink /dev/ptmx")?;
+    }
+    Ok(())
+}
+
+fn make_device(rootfs: &Path, d: &DevicePlan) -> Result<(), SetupError> {
+    let dest = wshim_oci::resolve_in_root(rootfs, &d.path).ctx(Step::Mounts, "resolve")?;
+    if let Some(p) = dest.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(p).ctx(Step::Mounts, "mkdir")?;
+    }
+    let _ = std::fs::remove_file(&dest);
+    let kind = match d.kind {
+        'b' => SFlag::S_IFBLK,
+        'p' => SFlag::S_IFIFO,
+        _ => SFlag::S_IFCHR,
+    };
+    let dev = makedev(d.major as u64, d.minor as u64);
+    match mknod(&dest, kind, Mode::from_bits_truncate(d.mode & 0o7777), dev) {
+        Ok(()) => {
+            chown(&dest, Some(Uid::from_raw(d.uid)), Some(Gid::from_raw(d.gid))).ctx(Step::Mounts, "chown")?;
+            // mknod's mode is filtered by the umask; set it exactly.
+            nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                &dest,
+                Mode::from_bits_truncate(d.mode & 0o7777),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .ctx(Step::Mounts, "chmod")
+        }
+        // Where mknod is not allowed, bind the host's node, as runc does.
+        Err(nix::errno::Errno::EPERM) => {
+            std::fs::File::create(&dest).ctx(Step::Mounts, "create bind target")?;
+            mount(Some(&d.path), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>).ctx(Step::Mounts, "bind host device")
+        }
+        Err(e) => Err(SetupError::new(Step::Mounts, format!("mknod: {e}"))),
+    }
+}
+
+fn mask_path(p: &Path) -> Result<(), SetupError> {
+    match std::fs::metadata(p) {
+        Err(_) => Ok(()),
+        Ok(md) if md.is_dir() => mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
+            .ctx(Step::Mounts, format!("maskedPaths {}", p.display())),
+        Ok(_) => mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>).ctx(Step::Mounts, format!("maskedPaths {}", p.display())),
+    }
+}
+
+fn readonly_path(p: &Path) -> Result<(), SetupError> {
+    if !p.exists() {
+        return Ok(());
+    }
+    mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).ctx(Step::Mounts, format!("readonlyPaths {}", p.display()))?;
+    mount(
+        None::<&str>,
+        p,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .ctx(Step::Mounts, format!("readonlyPaths {}", p.display()))
+}

@@ -1,0 +1,125 @@
+//! The fork server. It is forked from the shim while the shim is still single-threaded and
+//! stays single-threaded, so that cloning container processes from it is safe. Whatever the
+//! shim loaded before forking it (WasmEdge, LLVM) is shared copy-on-write with every container.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Mutex;
+
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::socket::MsgFlags;
+use serde::{Deserialize, Serialize};
+
+use crate::sync::{self, recv, send};
+use crate::{Payload, Plan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZygoteError {
+    #[error("fork server: the process already runs {0} threads; it must be forked before any thread starts")]
+    Threaded(usize),
+    #[error("fork server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("fork server: clone of the container process failed: {0}")]
+    Clone(String),
+    #[error("fork server is gone")]
+    Gone,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SpawnRequest {
+    plan: Plan,
+}
+
+#[derive(Serialize, Deserialize)]
+enum SpawnReply {
+    Pid(i32),
+    Error(String),
+}
+
+/// The shim's handle on its fork server.
+pub struct Zygote {
+    sock: Mutex<OwnedFd>,
+    pub pid: i32,
+}
+
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").and_then(|n| n.trim().parse().ok())))
+        .unwrap_or(1)
+}
+
+impl Zygote {
+    /// Forks the fork server. Call it before the process starts any thread.
+    pub fn fork<P: Payload>(payload: P) -> Result<Zygote, ZygoteError> {
+        let threads = thread_count();
+        if threads != 1 {
+            return Err(ZygoteError::Threaded(threads));
+        }
+        let (ours, theirs) = sync::pair()?;
+        // SAFETY: the process is single-threaded (checked above), so the child may run any code.
+        match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(theirs);
+                Ok(Zygote { sock: Mutex::new(ours), pid: child.as_raw() })
+            }
+            nix::unistd::ForkResult::Child => {
+                drop(ours);
+                serve(theirs, payload)
+            }
+        }
+    }
+
+    /// Asks the fork server for a container process for `plan`; `sync` is the child's end of
+    /// the shim's socketpair with it. Returns the new process's pid, a child of this process.
+    pub fn spawn(&self, plan: &Plan, sync: OwnedFd) -> Result<i32, ZygoteError> {
+        let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        send(sock.as_fd(), &SpawnRequest { plan: plan.clone() }, &[sync.as_raw_fd()])?;
+        drop(sync);
+        match recv::<SpawnReply>(sock.as_fd(), MsgFlags::empty())? {
+            Some((SpawnReply::Pid(pid), _)) => Ok(pid),
+            Some((SpawnReply::Error(e), _)) => Err(ZygoteError::Clone(e)),
+            None => Err(ZygoteError::Gone),
+        }
+    }
+}
+
+fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain signal number.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // The shim may have installed handlers (signal-hook) that write to its pipes: not ours.
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGPIPE, Signal::SIGCHLD, Signal::SIGHUP] {
+        // SAFETY: restoring the default disposition installs no handler code.
+        let _ = unsafe { signal(s, SigHandler::SigDfl) };
+    }
+    loop {
+        let (req, mut fds) = match recv::<SpawnRequest>(sock.as_fd(), MsgFlags::empty()) {
+            Ok(Some(m)) => m,
+            // The shim closed its end or is gone: nothing more to serve.
+            Ok(None) | Err(_) => unsafe_exit(0),
+        };
+        let Some(child_sync) = fds.pop() else {
+            let _ = send(sock.as_fd(), &SpawnReply::Error("request without sync socket".into()), &[]);
+            continue;
+        };
+        let flags = req.plan.clone_flags().bits() | libc::CLONE_PARENT | libc::SIGCHLD;
+        // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork(2): the child
+        // gets a copy of this single-threaded process and returns 0 here. CLONE_PARENT makes
+        // the shim, not this server, its parent, so the shim reaps it and sees its status.
+        let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+        if pid == 0 {
+            drop(sock);
+            crate::child::container_init(req.plan, child_sync, &payload);
+        }
+        drop(child_sync);
+        let reply = if pid < 0 { SpawnReply::Error(std::io::Error::last_os_error().to_string()) } else { SpawnReply::Pid(pid as i32) };
+        if send(sock.as_fd(), &reply, &[]).is_err() {
+            unsafe_exit(0);
+        }
+    }
+}
+
+fn unsafe_exit(code: i32) -> ! {
+    // SAFETY: _exit ends the process without running the shim's atexit handlers or
+    // destructors, which belong to the parent.
+    unsafe { libc::_exit(code) }
+}
