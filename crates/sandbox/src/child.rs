@@ -120,6 +120,13 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
             Err(SetupError::new(Step::Exec, format!("{}: {e}", program.display())))
         }
         Some(prepared) => {
+            // The process is its pid namespace's init, which the kernel shields from every
+            // signal it has no handler for (SIGKILL aside). Handle the stopping signals the
+            // way a native program's default action would end it: exit 128+signal.
+            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                // SAFETY: the handler only calls _exit, which is async-signal-safe.
+                unsafe { libc::signal(s, exit_on_signal as *const () as libc::sighandler_t) };
+            }
             send(sync.as_fd(), &ChildMsg::Started, &[]).ctx(Step::Prepare, "report started")?;
             let (code, message) = payload.run(prepared, plan);
             if message.is_some() {
@@ -128,6 +135,11 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
             Ok(code)
         }
     }
+}
+
+extern "C" fn exit_on_signal(sig: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(128 + sig) }
 }
 
 /// Opens containerd's stdio FIFOs onto fds 0, 1 and 2 (/dev/null where none is given).
@@ -197,7 +209,7 @@ fn set_user_and_caps(plan: &Plan) -> Result<(), SetupError> {
     Ok(())
 }
 
-fn close_fds_except(keep: i32) -> Result<(), SetupError> {
+pub(crate) fn close_fds_except(keep: i32) -> Result<(), SetupError> {
     for (lo, hi) in [(3u32, keep as u32 - 1), (keep as u32 + 1, u32::MAX)] {
         if lo > hi {
             continue;

@@ -24,7 +24,7 @@ pub use error::{SetupError, Step};
 pub use mounts::{mount_rootfs, unmount_rootfs, RootfsMount};
 pub use parent::{create_container, Container, CreateError};
 pub use plan::{CapPlan, DevicePlan, MountPlan};
-pub use plan::{Plan, PlanError, Stdio};
+pub use plan::{cgroups_path, Plan, PlanError, Stdio};
 pub use zygote::{Zygote, ZygoteError};
 
 /// Runs a container's process when it is not a native executable.

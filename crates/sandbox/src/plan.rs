@@ -269,14 +269,7 @@ impl Plan {
             }
         }
 
-        let cgroups_path = match linux.cgroups_path().as_ref().map(|p| p.display().to_string()) {
-            Some(p) if p.contains(':') => return Err(unsupported("linux.cgroupsPath", "the systemd cgroup driver (slice:prefix:name) is not supported; use cgroupfs")),
-            Some(p) if !p.is_empty() => p,
-            _ => format!("/wasmedge-shim/{id}"),
-        };
-        if cgroups_path.split('/').any(|c| c == "..") {
-            return Err(invalid("linux.cgroupsPath", cgroups_path, "must not contain .."));
-        }
+        let cgroups_path = cgroups_path(spec, id)?;
         if let Some(res) = linux.resources() {
             check_resources(res)?;
         }
@@ -323,6 +316,21 @@ impl Plan {
     pub(crate) fn clone_flags(&self) -> CloneFlags {
         CloneFlags::from_bits_truncate(self.clone_flags)
     }
+}
+
+/// The container's cgroup path: `linux.cgroupsPath`, or `/wasmedge-shim/ID` when unset.
+pub fn cgroups_path(spec: &Spec, id: &str) -> Result<String, PlanError> {
+    let path = match spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).map(|p| p.display().to_string()) {
+        Some(p) if p.contains(':') => {
+            return Err(unsupported("linux.cgroupsPath", "the systemd cgroup driver (slice:prefix:name) is not supported; use cgroupfs"))
+        }
+        Some(p) if !p.is_empty() => p,
+        _ => format!("/wasmedge-shim/{id}"),
+    };
+    if path.split('/').any(|c| c == "..") {
+        return Err(invalid("linux.cgroupsPath", path, "must not contain .."));
+    }
+    Ok(path)
 }
 
 fn check_resources(res: &LinuxResources) -> Result<(), PlanError> {

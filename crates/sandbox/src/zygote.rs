@@ -86,6 +86,15 @@ impl Zygote {
 fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain signal number.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // Hold nothing of the shim's: not its stdio (the `start` command waits for EOF on the
+    // daemon's stdout), not any other descriptor. Only the request socket stays.
+    if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which this process owns.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    crate::child::close_fds_except(sock.as_raw_fd()).unwrap_or_else(|_| unsafe_exit(1));
     // The shim may have installed handlers (signal-hook) that write to its pipes: not ours.
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGPIPE, Signal::SIGCHLD, Signal::SIGHUP] {
         // SAFETY: restoring the default disposition installs no handler code.

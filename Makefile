@@ -1,0 +1,58 @@
+# wasmedge-shim: everything runs inside a Debian 13 root (WasmEdge 0.14.1, containerd 1.7,
+# runc, crun) that `make env` builds once and caches outside the checkout.
+SHELL := /bin/bash
+REPO := $(CURDIR)
+IN_ENV := $(REPO)/packaging/env/in-env.sh
+BIN := $(REPO)/target/env/release
+BUNDLES := $(REPO)/target/test-bundles
+SOCK := /run/wshim/containerd.sock
+CTR := ctr --address $(SOCK)
+RUNTIME := io.containerd.wasmedge.v1
+export WSHIM_BIN := $(BIN)
+
+.PHONY: env in-env build bundles containerd-up containerd-down ctr demo test unit-test e2e-test bench clean
+
+## env: build (once) the Debian 13 environment
+env:
+	@$(REPO)/packaging/env/mkenv.sh >/dev/null
+
+## in-env CMD='...': run a command inside the environment, as root, repo at the same path
+in-env: env
+	@$(IN_ENV) bash -c '$(CMD)'
+
+## build: the shim binaries and the image tool (release)
+build: env
+	$(IN_ENV) cargo build --release --workspace --bins
+
+## bundles: the test wasm programs and their OCI image archives
+bundles: build
+	$(IN_ENV) make -s -C test-bundles OUT=$(BUNDLES) IMG=$(BIN)/wasm-oci
+
+## containerd-up / containerd-down: the private containerd (socket $(SOCK) inside the env)
+containerd-up: build
+	$(IN_ENV) env WSHIM_BIN=$(BIN) packaging/containerd/up.sh
+
+containerd-down: env
+	$(IN_ENV) packaging/containerd/down.sh
+
+## ctr ARGS='...': ctr against the private containerd
+ctr: env
+	@$(IN_ENV) $(CTR) $(ARGS)
+
+## demo: environment, build, private containerd, import the hello image, run it
+demo: containerd-up bundles
+	$(IN_ENV) $(CTR) image import --all-platforms $(BUNDLES)/hello.tar
+	$(IN_ENV) $(CTR) run --rm --runtime $(RUNTIME) --platform wasi/wasm docker.io/wshim-test/hello:latest wshim-demo
+
+## test: every test (unit and end-to-end through the private containerd)
+test: containerd-up bundles
+	$(IN_ENV) cargo test --release --workspace --no-fail-fast; rc=$$?; \
+	$(IN_ENV) packaging/containerd/down.sh || rc=1; exit $$rc
+
+## bench: criterion benches and the end-to-end comparison with runc and crun
+bench: containerd-up bundles
+	$(IN_ENV) cargo bench -p wshim-benches
+	$(IN_ENV) benches/e2e.sh
+
+clean:
+	rm -rf target

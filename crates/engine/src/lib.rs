@@ -1,0 +1,187 @@
+//! WasmEdge as the payload of a container: load and validate a module (at Create), then
+//! instantiate WASI with the process's args, env and the root filesystem, and call the
+//! entrypoint (at Start). Knows nothing of Linux setup: it runs inside a finished container.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use wasmedge_sdk::error::{CoreCommonError, CoreError, WasmEdgeError};
+use wasmedge_sdk::vm::SyncInst;
+use wasmedge_sdk::wasi::WasiModule;
+use wasmedge_sdk::{ExternalInstanceType, Module, Store, Vm};
+use wshim_oci::Entrypoint;
+use wshim_sandbox::{Payload, Plan};
+
+/// The exit status a trap gives, as if the program had died of SIGABRT (128 + 6): a wasm
+/// trap is an abnormal end, like a native program's abort().
+pub const TRAP_EXIT_CODE: i32 = 134;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{path}: not a valid wasm module: {message}")]
+    InvalidModule { path: PathBuf, message: String },
+    #[error("{path}: no exported function {func:?} (process.args[0] names `{func}` as the entrypoint)")]
+    NoSuchFunction { path: PathBuf, func: String },
+    #[error("{path}: export {func:?} is not a function")]
+    NotAFunction { path: PathBuf, func: String },
+    #[error("the process is not a wasm module")]
+    NotWasm,
+    #[error("WASI setup: {0}")]
+    Wasi(String),
+}
+
+/// A loaded, validated module and the function to call.
+pub struct LoadedModule {
+    module: Module,
+    func: String,
+}
+
+/// Loads and validates the module at `path` and checks that `func` is an exported function.
+pub fn load_module(path: &Path, func: &str) -> Result<LoadedModule, EngineError> {
+    let module = Module::from_file(None, path).map_err(|e| EngineError::InvalidModule { path: path.to_path_buf(), message: e.to_string() })?;
+    match module.get_export(func) {
+        Some(ExternalInstanceType::Func(_)) => Ok(LoadedModule { module, func: func.to_string() }),
+        Some(_) => Err(EngineError::NotAFunction { path: path.to_path_buf(), func: func.to_string() }),
+        None => Err(EngineError::NoSuchFunction { path: path.to_path_buf(), func: func.to_string() }),
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Returned from the entrypoint (0) or called `proc_exit(code)`.
+    Exited(u32),
+    /// Trapped, or failed to instantiate.
+    Trapped(String),
+}
+
+impl Outcome {
+    /// The process exit status: `proc_exit`'s code as a native exit(3) would report it.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Exited(c) => (*c & 0xff) as i32,
+            Outcome::Trapped(_) => TRAP_EXIT_CODE,
+        }
+    }
+}
+
+/// Instantiates WASI and the module, and calls its entrypoint. `preopens` are
+/// `guest:host` directory pairs.
+pub fn run_module(loaded: LoadedModule, args: &[String], env: &[String], preopens: &[String]) -> Result<Outcome, EngineError> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let pre: Vec<&str> = preopens.iter().map(String::as_str).collect();
+    let mut wasi = WasiModule::create(Some(args), Some(env), Some(pre)).map_err(|e| EngineError::Wasi(e.to_string()))?;
+    let result = {
+        let mut instances: HashMap<String, &mut dyn SyncInst> = HashMap::new();
+        instances.insert(wasi.name().to_string(), wasi.as_mut());
+        let store = Store::new(None, instances).map_err(|e| EngineError::Wasi(e.to_string()))?;
+        let mut vm = Vm::new(store);
+        // Instantiation runs the module's start function, which may trap or proc_exit too.
+        vm.register_module(None, loaded.module).and_then(|vm| vm.run_func(None, &loaded.func, []))
+    };
+    Ok(match result {
+        Ok(_) => Outcome::Exited(wasi.exit_code()),
+        Err(e) if matches!(*e, WasmEdgeError::Core(CoreError::Common(CoreCommonError::Terminated))) => Outcome::Exited(wasi.exit_code()),
+        Err(e) => Outcome::Trapped(e.to_string()),
+    })
+}
+
+/// The directories a container's module sees: the container's root as `/`, and its working
+/// directory as `.` so that relative paths resolve against `process.cwd`.
+pub fn container_preopens(cwd: &Path) -> Vec<String> {
+    let mut p = vec!["/:/".to_string()];
+    if cwd != Path::new("/") {
+        p.push(format!(".:{}", cwd.display()));
+    }
+    p
+}
+
+/// WasmEdge as a [`Payload`] of the sandbox.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WasmEdgePayload;
+
+impl Payload for WasmEdgePayload {
+    type Prepared = LoadedModule;
+
+    fn prepare(&self, plan: &Plan) -> Result<LoadedModule, String> {
+        let Entrypoint::Wasm { module, func } = &plan.entry else { return Err(EngineError::NotWasm.to_string()) };
+        load_module(module, func).map_err(|e| e.to_string())
+    }
+
+    fn run(&self, prepared: LoadedModule, plan: &Plan) -> (i32, Option<String>) {
+        match run_module(prepared, &plan.args, &plan.env, &container_preopens(&plan.cwd)) {
+            Ok(Outcome::Exited(c)) => (Outcome::Exited(c).exit_code(), None),
+            Ok(Outcome::Trapped(msg)) | Err(EngineError::Wasi(msg)) => {
+                let msg = format!("wasm trap in {}: {msg}", plan.args[0]);
+                // The container's stderr: the user sees why it died.
+                eprintln!("{msg}");
+                (TRAP_EXIT_CODE, Some(msg))
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                (TRAP_EXIT_CODE, Some(e.to_string()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(dir: &Path, wat: &str) -> PathBuf {
+        let p = dir.join("m.wasm");
+        std::fs::write(&p, wat::parse_str(wat).unwrap()).unwrap();
+        p
+    }
+
+    const EXIT: &str = r#"(module
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 1)
+        (func (export "_start") (call $exit (i32.const 42)))
+        (func (export "quiet"))
+        (func (export "boom") unreachable)
+        (global (export "g") i32 (i32.const 1)))"#;
+
+    #[test]
+    fn proc_exit_code_is_the_exit_code() {
+        let d = tempfile::tempdir().unwrap();
+        let p = module(d.path(), EXIT);
+        let out = run_module(load_module(&p, "_start").unwrap(), &["m".into()], &[], &[]).unwrap();
+        assert_eq!(out, Outcome::Exited(42));
+        assert_eq!(out.exit_code(), 42);
+        let out = run_module(load_module(&p, "quiet").unwrap(), &["m".into()], &[], &[]).unwrap();
+        assert_eq!(out, Outcome::Exited(0));
+    }
+
+    #[test]
+    fn trap_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let p = module(d.path(), EXIT);
+        let out = run_module(load_module(&p, "boom").unwrap(), &["m".into()], &[], &[]).unwrap();
+        match out {
+            Outcome::Trapped(m) => assert!(m.contains("unreachable"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_entrypoints_and_modules_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = module(d.path(), EXIT);
+        let e = load_module(&p, "nope").err().unwrap().to_string();
+        assert!(e.contains("nope") && e.contains("m.wasm"), "{e}");
+        assert!(matches!(load_module(&p, "g"), Err(EngineError::NotAFunction { .. })));
+        let bad = d.path().join("bad.wasm");
+        std::fs::write(&bad, b"\0asm\x01\0\0\0\xff\xff").unwrap();
+        let e = load_module(&bad, "_start").err().unwrap().to_string();
+        assert!(e.contains("bad.wasm") && e.contains("not a valid wasm module"), "{e}");
+    }
+
+    #[test]
+    fn preopens_follow_cwd() {
+        assert_eq!(container_preopens(Path::new("/")), vec!["/:/"]);
+        assert_eq!(container_preopens(Path::new("/app")), vec!["/:/", ".:/app"]);
+    }
+}

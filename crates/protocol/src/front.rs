@@ -1,0 +1,170 @@
+//! The front binary's work: the `start` and `delete` commands containerd execs on the hot
+//! path. Nothing here loads WasmEdge; `start` hands the server role to the daemon binary.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::shim::shim_ttrpc::Task as TaskApi;
+use containerd_shim::util::write_address;
+use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
+use log::warn;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use wshim_sandbox::{cgroups_path, unmount_rootfs, Cgroup};
+
+use crate::{CGROUP_ROOT, RUNTIME_ID, SANDBOX_ID_ANNOTATION};
+
+/// The daemon binary, installed beside the front binary.
+pub const DAEMON_NAME: &str = "containerd-shim-wasmedge-v1-daemon";
+
+/// Entry point of `containerd-shim-wasmedge-v1`.
+pub fn run_front() {
+    let server = !std::env::args().skip(1).any(|a| a == "start" || a == "delete" || a == "-info" || a == "--info");
+    if server {
+        // Asked to serve: that is the daemon's job (it has WasmEdge loaded).
+        let err = Command::new(daemon_path()).args(std::env::args_os().skip(1)).exec();
+        eprintln!("{RUNTIME_ID}: exec {}: {err}", daemon_path().display());
+        std::process::exit(1);
+    }
+    containerd_shim::run::<FrontShim>(RUNTIME_ID, Some(Config { no_setup_logger: true, no_reaper: true, no_sub_reaper: true, ..Default::default() }));
+}
+
+fn daemon_path() -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(DAEMON_NAME))).unwrap_or_else(|| PathBuf::from(DAEMON_NAME))
+}
+
+struct FrontShim;
+
+/// The front binary serves no tasks; this type only satisfies `Shim`.
+struct NoTasks;
+impl TaskApi for NoTasks {}
+
+impl Shim for FrontShim {
+    type T = NoTasks;
+
+    fn new(_runtime_id: &str, _args: &Flags, _config: &mut Config) -> Self {
+        FrontShim
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        start_shim(opts)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        delete_shim()
+    }
+
+    fn wait(&mut self) {
+        ExitSignal::default().wait();
+    }
+
+    fn create_task_service(&self, _publisher: containerd_shim::publisher::RemotePublisher) -> NoTasks {
+        NoTasks
+    }
+}
+
+/// The grouping key: a pod's containers share their sandbox's shim.
+fn grouping(bundle: &Path, id: &str) -> String {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["annotations"][SANDBOX_ID_ANNOTATION].as_str().map(str::to_string))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| id.to_string())
+}
+
+fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// `start`: finds the shim serving this container's group, or starts the daemon, and
+/// returns its address. The daemon signals that it listens by closing its stdout.
+pub(crate) fn start_shim(opts: StartOpts) -> containerd_shim::Result<String> {
+    let cwd = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(format!("cwd: {e}")))?;
+    let group = grouping(&cwd, &opts.id);
+    let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
+    if std::os::unix::net::UnixStream::connect(socket_path(&address)).is_ok() {
+        write_address(&address)?;
+        return Ok(address);
+    }
+    let mut cmd = Command::new(daemon_path());
+    cmd.current_dir(&cwd)
+        .args(["-namespace", &opts.namespace, "-id", &opts.id, "-address", &opts.address, "-socket", &address])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        // Its own process group: signals meant for containerd's group must not reach it.
+        .process_group(0);
+    if opts.debug {
+        cmd.arg("-debug");
+    }
+    if !opts.ttrpc_address.is_empty() {
+        cmd.env("TTRPC_ADDRESS", &opts.ttrpc_address);
+    }
+    let mut child = cmd.spawn().map_err(|e| containerd_shim::Error::Other(format!("spawn {}: {e}", daemon_path().display())))?;
+    let mut sink = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_end(&mut sink);
+    }
+    // A daemon that found the address taken by a live shim exits at once; one that serves
+    // stays. Either way the socket answers now, or the daemon failed.
+    if let Ok(Some(status)) = child.try_wait() {
+        if !status.success() {
+            return Err(containerd_shim::Error::Other(format!("{DAEMON_NAME} exited with {status}")));
+        }
+    }
+    write_address(&address)?;
+    Ok(address)
+}
+
+/// `delete`: containerd's cleanup after a shim died. Kills what is left of the container,
+/// removes its cgroup and unmounts its rootfs. The bundle is the working directory.
+pub(crate) fn delete_shim() -> containerd_shim::Result<DeleteResponse> {
+    let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(format!("cwd: {e}")))?;
+    let id = bundle.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Err(e) = cleanup_bundle(&bundle, &id, Path::new(CGROUP_ROOT)) {
+        // containerd logs what we print on stderr; the cleanup that could be done is done.
+        eprintln!("{RUNTIME_ID}: delete {id}: {e}");
+    }
+    Ok(DeleteResponse { exit_status: 128 + libc::SIGKILL as u32, exited_at: Some(Timestamp::from(SystemTime::now())).into(), ..Default::default() })
+}
+
+/// Removes what a container of `bundle` may have left: its processes, cgroup and rootfs mount.
+pub fn cleanup_bundle(bundle: &Path, id: &str, cgroup_root: &Path) -> Result<(), String> {
+    let mut problems = Vec::new();
+    match wshim_oci::Bundle::load(bundle) {
+        Ok(b) => match cgroups_path(&b.spec, id).map_err(|e| e.to_string()).and_then(|p| Cgroup::locate(cgroup_root, &p).map_err(|e| e.to_string())) {
+            Ok(cg) => {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let pids = cg.pids();
+                    if pids.is_empty() || Instant::now() > deadline {
+                        break;
+                    }
+                    for p in pids {
+                        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Err(e) = cg.remove() {
+                    problems.push(e.to_string());
+                }
+            }
+            Err(e) => problems.push(e),
+        },
+        Err(e) => warn!("{e}"),
+    }
+    if let Err(e) = unmount_rootfs(&bundle.join("rootfs")) {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}

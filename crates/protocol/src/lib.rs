@@ -1,0 +1,20 @@
+//! The containerd shim v2 side: the `start` and `delete` commands, the ttrpc Task service
+//! and its task state machine, events, and the mapping of errors to ttrpc codes. It drives
+//! the sandbox crate and knows nothing about WasmEdge: the fork server it is handed decides
+//! how a wasm process runs.
+
+mod error;
+mod front;
+mod service;
+mod state;
+
+pub use error::{to_ttrpc, TaskError};
+pub use front::{cleanup_bundle, run_front, DAEMON_NAME};
+pub use service::{run_daemon, TaskService};
+
+/// The runtime type containerd knows us by.
+pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";
+/// Where cgroupfs is mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Pods share one shim: containers with this annotation group by it.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
