@@ -9,9 +9,16 @@ bin=${WSHIM_BIN:?WSHIM_BIN: the directory holding containerd-shim-wasmedge-v1}
 sock=/run/wshim/containerd.sock
 mkdir -p /run/wshim /var/lib/wshim
 if [ -S "$sock" ] && ctr --address "$sock" version >/dev/null 2>&1; then
-  echo "containerd is already up at $sock"
-  exit 0
+  if [ "$(cat /run/wshim/containerd.bin 2>/dev/null)" = "$bin" ]; then
+    echo "containerd is already up at $sock"
+    exit 0
+  fi
+  # Up, but running shims from another checkout: restart it on this one.
+  "$here/down.sh"
 fi
+# State of a containerd that is gone (its mounts died with its namespace) is stale.
+rm -rf /run/wshim/containerd
+echo "$bin" > /run/wshim/containerd.bin
 sed "s|@BIN@|$bin|g" "$here/config.toml.in" > /run/wshim/containerd.toml
 PATH="$bin:$PATH" setsid containerd --config /run/wshim/containerd.toml \
   >/run/wshim/containerd.log 2>&1 </dev/null &

@@ -1,0 +1,151 @@
+//! Helpers for the end-to-end tests: `ctr` against the private containerd, test images, and
+//! checks that a container left nothing behind. Every test here needs the environment that
+//! `make test` sets up; outside it they fail, loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const SOCK: &str = "/run/wshim/containerd.sock";
+pub const RUNTIME: &str = "io.containerd.wasmedge.v1";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+pub fn bundles() -> PathBuf {
+    repo().join("target/test-bundles")
+}
+
+/// What `ctr` printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `ctr --address SOCK ARGS…`.
+pub fn ctr(args: &[&str]) -> Run {
+    require_env();
+    Command::new("ctr").arg("--address").arg(SOCK).args(args).output().expect("run ctr").into()
+}
+
+/// Fails the test unless the private containerd answers.
+pub fn require_env() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        assert!(
+            std::env::var_os("WSHIM_IN_ENV").is_some(),
+            "END-TO-END TESTS NEED THE DEBIAN 13 ENVIRONMENT AND THE PRIVATE CONTAINERD: run them with `make test`"
+        );
+        let out = Command::new("ctr").args(["--address", SOCK, "version"]).output().expect("ctr is missing from the environment");
+        assert!(out.status.success(), "THE PRIVATE CONTAINERD IS NOT RUNNING at {SOCK}: run the tests with `make test` ({})", String::from_utf8_lossy(&out.stderr));
+    });
+}
+
+/// Imports `target/test-bundles/NAME.tar` once per test process; returns the image ref.
+pub fn image(name: &str) -> String {
+    static IMPORTED: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
+    let r = format!("docker.io/wshim-test/{name}:latest");
+    let done = IMPORTED.get_or_init(Default::default);
+    let mut done = done.lock().unwrap();
+    if !done.contains(&name.to_string()) {
+        let tar = bundles().join(format!("{name}.tar"));
+        assert!(tar.exists(), "{} is missing: `make bundles` builds it", tar.display());
+        let out = ctr(&["image", "import", "--all-platforms", tar.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "import {name}: {out:?}");
+        done.push(name.to_string());
+    }
+    r
+}
+
+/// Removes a container record named `id` that an interrupted earlier run may have left in
+/// the cached containerd state, so the test starts clean.
+fn forget(id: &str) {
+    if ctr(&["containers", "ls", "-q"]).stdout.lines().any(|l| l == id) {
+        ctr(&["tasks", "rm", "-f", id]);
+        ctr(&["containers", "rm", id]);
+    }
+}
+
+/// `ctr run --rm` of a wasm image through our runtime, then checks nothing was left behind.
+pub fn run_wasm(image_name: &str, id: &str, extra: &[&str], args: &[&str]) -> Run {
+    let img = image(image_name);
+    forget(id);
+    let mut a = vec!["run", "--rm", "--runtime", RUNTIME, "--platform", "wasi/wasm"];
+    a.extend_from_slice(extra);
+    a.push(&img);
+    a.push(id);
+    a.extend_from_slice(args);
+    let out = ctr(&a);
+    assert_nothing_left(id);
+    out
+}
+
+/// `ctr run --rm --rootfs DIR` through our runtime (or another with `runtime`).
+pub fn run_rootfs(runtime: &str, rootfs: &Path, id: &str, extra: &[&str], args: &[&str]) -> Run {
+    forget(id);
+    let mut a = vec!["run", "--rm", "--runtime", runtime];
+    a.extend_from_slice(extra);
+    a.extend(["--rootfs", rootfs.to_str().unwrap(), id]);
+    a.extend_from_slice(args);
+    let out = ctr(&a);
+    assert_nothing_left(id);
+    out
+}
+
+fn containerd_pid() -> String {
+    std::fs::read_to_string("/run/wshim/containerd.pid").expect("containerd pid file").trim().to_string()
+}
+
+/// No shim process, container, task, mount or cgroup of container `id` remains. Shims exit
+/// a moment after the last Delete, so this waits up to a few seconds for them.
+pub fn assert_nothing_left(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shims = shims_of(id);
+        if shims.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shim processes of {id} left behind: {shims:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let containers = ctr(&["containers", "ls", "-q"]).stdout;
+    assert!(!containers.lines().any(|l| l == id), "container {id} left behind");
+    let tasks = ctr(&["tasks", "ls", "-q"]).stdout;
+    assert!(!tasks.lines().any(|l| l == id), "task {id} left behind");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", containerd_pid())).expect("containerd's mountinfo");
+    let needle = format!("/{id}/");
+    let leaked: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&needle)).collect();
+    assert!(leaked.is_empty(), "mounts of {id} left behind: {leaked:?}");
+    for h in std::fs::read_dir("/sys/fs/cgroup").expect("cgroupfs") {
+        let dir = h.unwrap().path().join("default").join(id);
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
+}
+
+/// Shim processes (front or daemon) started for container `id`.
+pub fn shims_of(id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim-wasmedge-v1"));
+        if is_shim && args.windows(2).any(|w| w[0] == "-id" && w[1] == id) {
+            found.push(format!("{}: {}", e.file_name().to_string_lossy(), args.join(" ")));
+        }
+    }
+    found
+}
