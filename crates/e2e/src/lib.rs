@@ -149,3 +149,76 @@ pub fn shims_of(id: &str) -> Vec<String> {
     }
     found
 }
+
+/// Starts `ctr run --rm` of a wasm image in the background; the child's exit code is the
+/// container's.
+pub fn spawn_wasm(image_name: &str, id: &str, extra: &[&str], args: &[&str]) -> std::process::Child {
+    let img = image(image_name);
+    forget(id);
+    let mut a = vec!["--address", SOCK, "run", "--rm", "--runtime", RUNTIME, "--platform", "wasi/wasm"];
+    a.extend_from_slice(extra);
+    a.push(&img);
+    a.push(id);
+    a.extend_from_slice(args);
+    Command::new("ctr").args(&a).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn ctr run")
+}
+
+/// `ctr run -d`: a detached container, left running.
+pub fn run_detached(image_or_rootfs: &[&str], id: &str, extra: &[&str], args: &[&str]) -> Run {
+    forget(id);
+    let mut a = vec!["run", "-d", "--runtime", RUNTIME];
+    a.extend_from_slice(extra);
+    a.extend_from_slice(image_or_rootfs);
+    a.push(id);
+    a.extend_from_slice(args);
+    ctr(&a)
+}
+
+/// The task's (pid, status) as `ctr task ls` shows them.
+pub fn task_status(id: &str) -> Option<(u32, String)> {
+    let out = ctr(&["tasks", "ls"]).stdout;
+    out.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first() == Some(&id)).then(|| (f[1].parse().unwrap_or(0), f[2].to_string()))
+    })
+}
+
+/// Waits until the task shows `status`, for up to `secs`.
+pub fn wait_status(id: &str, status: &str, secs: u64) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some((pid, s)) = task_status(id) {
+            if s == status {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "task {id} never became {status}: {:?}", task_status(id));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for a background `ctr run` to end; returns its exit code.
+pub fn wait_child(mut child: std::process::Child, secs: u64) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if child.try_wait().expect("wait ctr").is_some() {
+            return child.wait_with_output().expect("ctr output").into();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ctr run did not end within {secs}s: {:?}", Run::from(child.wait_with_output().unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes a stopped (or any) task and its container record.
+pub fn remove(id: &str) {
+    ctr(&["tasks", "rm", "-f", id]);
+    ctr(&["containers", "rm", id]);
+}
+
+/// Pids of shim daemons whose command line carries `-id ID`.
+pub fn daemon_pids(id: &str) -> Vec<i32> {
+    shims_of(id).iter().filter(|s| s.contains("-daemon")).map(|s| s.split(':').next().unwrap().parse().unwrap()).collect()
+}

@@ -26,6 +26,8 @@ pub enum TaskError {
     Finished { id: String },
     #[error("container {id}: kill signal {signal}: {source}")]
     Kill { id: String, signal: u32, source: nix::errno::Errno },
+    #[error("container {id}: freezer: {source}")]
+    Freeze { id: String, source: wshim_sandbox::CgroupError },
     #[error("container {id}: delete: {what}: {message}")]
     Cleanup { id: String, what: &'static str, message: String },
     #[error("{0}: not supported by the wasmedge shim")]
@@ -48,7 +50,7 @@ pub fn to_ttrpc(e: &TaskError) -> ttrpc::Error {
         TaskError::WrongState { .. } => Code::FAILED_PRECONDITION,
         TaskError::Finished { .. } => Code::NOT_FOUND,
         TaskError::Unsupported(_) => Code::UNIMPLEMENTED,
-        TaskError::MountRootfs { .. } | TaskError::Create { .. } | TaskError::Start { .. } | TaskError::Kill { .. } | TaskError::Cleanup { .. } => {
+        TaskError::MountRootfs { .. } | TaskError::Create { .. } | TaskError::Start { .. } | TaskError::Kill { .. } | TaskError::Cleanup { .. } | TaskError::Freeze { .. } => {
             Code::INTERNAL
         }
     };

@@ -6,15 +6,18 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use containerd_shim::api::{
-    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, KillRequest, PidsRequest,
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, ExecProcessRequest, PauseRequest, ResizePtyRequest,
+    ResumeRequest, StatsRequest, StatsResponse, UpdateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, KillRequest, PidsRequest,
     PidsResponse, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, WaitRequest, WaitResponse,
 };
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskPaused, TaskResumed, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::types::task::ProcessInfo;
-use containerd_shim::protos::topics::{TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC};
+use containerd_shim::protos::topics::{
+    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+};
 use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api::Empty, Config, ExitSignal, Flags, Shim, StartOpts, Task as TaskApi, TtrpcContext, TtrpcResult};
@@ -300,6 +303,29 @@ impl TaskService {
                 Err(source) => return Err(TaskError::Kill { id: id.into(), signal, source }),
             }
         }
+        // A frozen process handles no signal, SIGKILL included, until it is thawed.
+        if t.status == Status::Paused && sig == Signal::SIGKILL {
+            t.container.cgroup.freeze(false).map_err(|e| TaskError::Freeze { id: id.into(), source: e })?;
+        }
+        Ok(())
+    }
+
+    /// Freezes (`pause`) or thaws the task's cgroup.
+    pub fn pause_task(&self, id: &str, pause: bool) -> Result<(), TaskError> {
+        let mut tasks = self.tasks();
+        let t = tasks.get_mut(id).ok_or_else(|| TaskError::NotFound(id.to_string()))?;
+        let (from, to, what) = if pause { (Status::Running, Status::Paused, "pause") } else { (Status::Paused, Status::Running, "resume") };
+        if t.status != from {
+            return Err(TaskError::WrongState { id: id.into(), what, state: t.status.name() });
+        }
+        t.container.cgroup.freeze(pause).map_err(|e| TaskError::Freeze { id: id.into(), source: e })?;
+        t.status = to;
+        drop(tasks);
+        if pause {
+            self.publish(TASK_PAUSED_EVENT_TOPIC, Box::new(TaskPaused { container_id: id.into(), ..Default::default() }));
+        } else {
+            self.publish(TASK_RESUMED_EVENT_TOPIC, Box::new(TaskResumed { container_id: id.into(), ..Default::default() }));
+        }
         Ok(())
     }
 
@@ -320,7 +346,7 @@ impl TaskService {
             let tasks = self.tasks();
             let t = tasks.get(id).ok_or_else(|| TaskError::NotFound(id.to_string()))?;
             match t.status {
-                Status::Running => return Err(TaskError::WrongState { id: id.into(), what: "delete", state: "running" }),
+                Status::Running | Status::Paused => return Err(TaskError::WrongState { id: id.into(), what: "delete", state: t.status.name() }),
                 // Never started: it waits for Start; kill it and let the reaper record it.
                 Status::Created => {
                     let _ = kill(Pid::from_raw(t.container.pid), Signal::SIGKILL);
@@ -425,6 +451,42 @@ impl TaskApi for TaskService {
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
         let task_pid = self.tasks().get(&req.id).map(|t| t.pid()).unwrap_or(0);
         Ok(ConnectResponse { shim_pid: std::process::id(), task_pid, version: "2".into(), ..Default::default() })
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        ttrpc(self.pause_task(&req.id, true))?;
+        Ok(Empty::new())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        ttrpc(self.pause_task(&req.id, false))?;
+        Ok(Empty::new())
+    }
+
+    // Not implemented yet: each answers UNIMPLEMENTED with the call's name (the generated
+    // defaults answer NOT_FOUND, which containerd would take for a missing task).
+    fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        Err(to_ttrpc(&TaskError::Unsupported("Checkpoint")))
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        Err(to_ttrpc(&TaskError::Unsupported("Exec")))
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        Err(to_ttrpc(&TaskError::Unsupported("ResizePty")))
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, _req: CloseIORequest) -> TtrpcResult<Empty> {
+        Err(to_ttrpc(&TaskError::Unsupported("CloseIO")))
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        Err(to_ttrpc(&TaskError::Unsupported("Update")))
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, _req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        Err(to_ttrpc(&TaskError::Unsupported("Stats")))
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {

@@ -11,6 +11,7 @@ use wshim_sandbox::Container;
 pub(crate) enum Status {
     Created,
     Running,
+    Paused,
     Stopped { code: u32, at: SystemTime },
 }
 
@@ -19,6 +20,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped { .. } => "stopped",
         }
     }
@@ -27,6 +29,7 @@ impl Status {
         match self {
             Status::Created => ApiStatus::CREATED,
             Status::Running => ApiStatus::RUNNING,
+            Status::Paused => ApiStatus::PAUSED,
             Status::Stopped { .. } => ApiStatus::STOPPED,
         }
     }

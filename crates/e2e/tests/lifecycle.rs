@@ -1,0 +1,158 @@
+//! The task lifecycle through containerd: signals, pause/resume, pods sharing a shim, a
+//! killed shim cleaned up, events, unsupported calls, and a native pause container.
+
+use std::time::Duration;
+
+use wshim_e2e::*;
+
+#[test]
+fn sigterm_stops_a_busy_wasm_loop_with_143() {
+    let child = spawn_wasm("loop", "e2e-term-loop", &[], &[]);
+    wait_status("e2e-term-loop", "RUNNING", 10);
+    let k = ctr(&["tasks", "kill", "-s", "SIGTERM", "e2e-term-loop"]);
+    assert_eq!(k.code, 0, "{k:?}");
+    let r = wait_child(child, 10);
+    assert_eq!(r.code, 143, "{r:?}");
+    assert_eq!(r.stdout, "looping\n");
+    assert_nothing_left("e2e-term-loop");
+}
+
+#[test]
+fn sigterm_stops_a_wasm_program_sleeping_in_poll_oneoff() {
+    let child = spawn_wasm("sleep", "e2e-term-sleep", &[], &[]);
+    wait_status("e2e-term-sleep", "RUNNING", 10);
+    ctr(&["tasks", "kill", "-s", "SIGTERM", "e2e-term-sleep"]);
+    let r = wait_child(child, 10);
+    assert_eq!(r.code, 143, "{r:?}");
+    assert_nothing_left("e2e-term-sleep");
+}
+
+#[test]
+fn sigkill_gives_137() {
+    let child = spawn_wasm("sleep", "e2e-kill", &[], &[]);
+    wait_status("e2e-kill", "RUNNING", 10);
+    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-kill"]);
+    let r = wait_child(child, 10);
+    assert_eq!(r.code, 137, "{r:?}");
+    assert_nothing_left("e2e-kill");
+}
+
+#[test]
+fn pause_and_resume_freeze_the_cgroup() {
+    let img = image("sleep");
+    let r = run_detached(&["--platform", "wasi/wasm", &img], "e2e-pause", &[], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    wait_status("e2e-pause", "RUNNING", 10);
+    assert_eq!(ctr(&["tasks", "pause", "e2e-pause"]).code, 0);
+    wait_status("e2e-pause", "PAUSED", 5);
+    let state = std::fs::read_to_string("/sys/fs/cgroup/freezer/default/e2e-pause/freezer.state").unwrap();
+    assert_eq!(state.trim(), "FROZEN");
+    let again = ctr(&["tasks", "pause", "e2e-pause"]);
+    assert_ne!(again.code, 0, "pausing a paused task is refused: {again:?}");
+    assert_eq!(ctr(&["tasks", "resume", "e2e-pause"]).code, 0);
+    wait_status("e2e-pause", "RUNNING", 5);
+    // SIGKILL of a paused task must not hang in the freezer.
+    assert_eq!(ctr(&["tasks", "pause", "e2e-pause"]).code, 0);
+    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-pause"]);
+    wait_status("e2e-pause", "STOPPED", 10);
+    remove("e2e-pause");
+    assert_nothing_left("e2e-pause");
+}
+
+#[test]
+fn a_pods_containers_share_one_shim() {
+    let img = image("sleep");
+    let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=e2e-pod-a"];
+    assert_eq!(run_detached(&["--platform", "wasi/wasm", &img], "e2e-pod-a", &pod, &[]).code, 0);
+    assert_eq!(run_detached(&["--platform", "wasi/wasm", &img], "e2e-pod-b", &pod, &[]).code, 0);
+    let pid_a = wait_status("e2e-pod-a", "RUNNING", 10);
+    let pid_b = wait_status("e2e-pod-b", "RUNNING", 10);
+    assert_ne!(pid_a, pid_b);
+    let daemons = daemon_pids("e2e-pod-a");
+    assert_eq!(daemons.len(), 1, "one daemon for the pod: {:?}", shims_of("e2e-pod-a"));
+    assert!(daemon_pids("e2e-pod-b").is_empty(), "no second daemon: {:?}", shims_of("e2e-pod-b"));
+    // Both containers are children of that one daemon.
+    for pid in [pid_a, pid_b] {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ppid: i32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(ppid, daemons[0], "container {pid}'s parent");
+    }
+    // The shim stays while the pod has a container, and goes with the last.
+    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-pod-b"]);
+    wait_status("e2e-pod-b", "STOPPED", 10);
+    remove("e2e-pod-b");
+    assert_eq!(daemon_pids("e2e-pod-a"), daemons, "the daemon serves the rest of the pod");
+    assert_eq!(task_status("e2e-pod-a").unwrap().1, "RUNNING");
+    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-pod-a"]);
+    wait_status("e2e-pod-a", "STOPPED", 10);
+    remove("e2e-pod-a");
+    assert_nothing_left("e2e-pod-a");
+    assert_nothing_left("e2e-pod-b");
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_delete() {
+    let img = image("sleep");
+    assert_eq!(run_detached(&["--platform", "wasi/wasm", &img], "e2e-dead-shim", &[], &[]).code, 0);
+    let pid = wait_status("e2e-dead-shim", "RUNNING", 10);
+    let daemons = daemon_pids("e2e-dead-shim");
+    assert_eq!(daemons.len(), 1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemons[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // containerd sees the shim's connection drop and runs `containerd-shim-wasmedge-v1 delete`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "container process {pid} outlived its shim");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    remove("e2e-dead-shim");
+    assert_nothing_left("e2e-dead-shim");
+}
+
+#[test]
+fn task_events_are_published() {
+    let mut events = std::process::Command::new("ctr")
+        .args(["--address", SOCK, "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = run_wasm("hello", "e2e-events", &[], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    events.kill().unwrap();
+    let out = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    for topic in ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"] {
+        assert!(out.lines().any(|l| l.contains(topic) && l.contains("e2e-events")), "no {topic} event for e2e-events in:\n{out}");
+    }
+}
+
+#[test]
+fn unsupported_calls_answer_unimplemented() {
+    let img = image("sleep");
+    assert_eq!(run_detached(&["--platform", "wasi/wasm", &img], "e2e-unsupported", &[], &[]).code, 0);
+    wait_status("e2e-unsupported", "RUNNING", 10);
+    let m = ctr(&["tasks", "metrics", "e2e-unsupported"]);
+    assert_ne!(m.code, 0, "{m:?}");
+    assert!(m.stderr.contains("Stats: not supported by the wasmedge shim") && m.stderr.contains("not implemented"), "{m:?}");
+    let e = ctr(&["tasks", "exec", "--exec-id", "x1", "e2e-unsupported", "/sleep.wasm", "1"]);
+    assert_ne!(e.code, 0, "{e:?}");
+    assert!(e.stderr.contains("Exec: not supported by the wasmedge shim"), "{e:?}");
+    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-unsupported"]);
+    wait_status("e2e-unsupported", "STOPPED", 10);
+    remove("e2e-unsupported");
+    assert_nothing_left("e2e-unsupported");
+}
+
+#[test]
+fn the_pause_container_starts_and_stays_up() {
+    let rootfs = bundles().join("native/rootfs-pause");
+    let r = run_detached(&["--rootfs", rootfs.to_str().unwrap()], "e2e-pause-container", &[], &["/pause"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    wait_status("e2e-pause-container", "RUNNING", 10);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(task_status("e2e-pause-container").unwrap().1, "RUNNING", "pause stays up");
+    ctr(&["tasks", "kill", "-s", "SIGTERM", "e2e-pause-container"]);
+    wait_status("e2e-pause-container", "STOPPED", 10);
+    remove("e2e-pause-container");
+    assert_nothing_left("e2e-pause-container");
+}
