@@ -245,7 +245,7 @@ impl TaskService {
 
     fn create_in_rootfs(&self, req: &CreateTaskRequest, bundle_dir: &Path) -> Result<wshim_sandbox::Container, TaskError> {
         let id = req.id.clone();
-        if req.checkpoint.len() > 0 || req.parent_checkpoint.len() > 0 {
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(TaskError::Unsupported("checkpoint/restore"));
         }
         let bundle = Bundle::load(bundle_dir).map_err(|source| TaskError::Bundle { id: id.clone(), source })?;

@@ -138,25 +138,25 @@ impl Cgroup {
     /// Freezes (or thaws) every process of the cgroup, and waits until the kernel says it is
     /// done: the v1 freezer, or `cgroup.freeze` on v2.
     pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
-        let (dir, file, value, done): (&Path, &str, &str, Box<dyn Fn(&str) -> bool>) = match self.mode {
+        // (directory, file to write, value, file to watch, line it shows when done)
+        let (dir, file, value, watch, want) = match self.mode {
             CgroupMode::V1 => {
                 let dir = self.dir("freezer").ok_or(CgroupError::Unsupported { field: "pause", mode: CgroupMode::V1, why: "no freezer hierarchy" })?;
-                let want = if frozen { "FROZEN" } else { "THAWED" };
-                (dir, "freezer.state", want, Box::new(move |s: &str| s.trim() == want))
+                let state = if frozen { "FROZEN" } else { "THAWED" };
+                (dir, "freezer.state", state, "freezer.state", state)
             }
             CgroupMode::V2 => {
-                let want = if frozen { "frozen 1" } else { "frozen 0" };
-                (&self.dirs[0].1, "cgroup.freeze", if frozen { "1" } else { "0" }, Box::new(move |s: &str| s.lines().any(|l| l.trim() == want)))
+                let (value, want) = if frozen { ("1", "frozen 1") } else { ("0", "frozen 0") };
+                (self.dirs[0].1.as_path(), "cgroup.freeze", value, "cgroup.events", want)
             }
         };
-        let watch = if self.mode == CgroupMode::V1 { "freezer.state" } else { "cgroup.events" };
         for attempt in 0..500 {
             // v1 may stay FREEZING while a task is in an uninterruptible sleep: ask again.
             if attempt % 50 == 0 {
                 write(dir, file, value)?;
             }
             let now = std::fs::read_to_string(dir.join(watch)).map_err(io(dir, "read freezer state"))?;
-            if done(&now) {
+            if now.lines().any(|l| l.trim() == want) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(2));
