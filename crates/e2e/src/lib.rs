@@ -220,5 +220,5 @@ pub fn remove(id: &str) {
 
 /// Pids of shim daemons whose command line carries `-id ID`.
 pub fn daemon_pids(id: &str) -> Vec<i32> {
-    shims_of(id).iter().filter(|s| s.contains("-daemon")).map(|s| s.split(':').next().unwrap().parse().unwrap()).collect()
+    shims_of(id).iter().filter(|s| s.split_whitespace().nth(1).is_some_and(|a0| a0.ends_with("-daemon"))).map(|s| s.split(':').next().unwrap().parse().unwrap()).collect()
 }

@@ -39,7 +39,9 @@ fn sigkill_gives_137() {
 
 #[test]
 fn pause_and_resume_freeze_the_cgroup() {
-    let img = image("sleep");
+    // A pure-wasm loop: freezing interrupts WasmEdge's poll_oneoff with EINTR (see the
+    // note on issue 4), so a sleeping program would not show that resume resumes.
+    let img = image("loop");
     let r = run_detached(&["--platform", "wasi/wasm", &img], "e2e-pause", &[], &[]);
     assert_eq!(r.code, 0, "{r:?}");
     wait_status("e2e-pause", "RUNNING", 10);
@@ -71,8 +73,10 @@ fn a_pods_containers_share_one_shim() {
     let daemons = daemon_pids("e2e-pod-a");
     assert_eq!(daemons.len(), 1, "one daemon for the pod: {:?}", shims_of("e2e-pod-a"));
     assert!(daemon_pids("e2e-pod-b").is_empty(), "no second daemon: {:?}", shims_of("e2e-pod-b"));
-    // Both containers are children of that one daemon.
+    // Both containers are children of that one daemon, and `ps` shows their own command.
     for pid in [pid_a, pid_b] {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(cmdline.starts_with(b"/sleep.wasm\0"), "{}", String::from_utf8_lossy(&cmdline));
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let ppid: i32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
         assert_eq!(ppid, daemons[0], "container {pid}'s parent");
@@ -131,12 +135,9 @@ fn unsupported_calls_answer_unimplemented() {
     let img = image("sleep");
     assert_eq!(run_detached(&["--platform", "wasi/wasm", &img], "e2e-unsupported", &[], &[]).code, 0);
     wait_status("e2e-unsupported", "RUNNING", 10);
-    let m = ctr(&["tasks", "metrics", "e2e-unsupported"]);
-    assert_ne!(m.code, 0, "{m:?}");
-    assert!(m.stderr.contains("Stats: not supported by the wasmedge shim") && m.stderr.contains("not implemented"), "{m:?}");
     let e = ctr(&["tasks", "exec", "--exec-id", "x1", "e2e-unsupported", "/sleep.wasm", "1"]);
     assert_ne!(e.code, 0, "{e:?}");
-    assert!(e.stderr.contains("Exec: not supported by the wasmedge shim"), "{e:?}");
+    assert!(e.stderr.contains("Exec: not supported by the wasmedge shim") && e.stderr.contains("not implemented"), "{e:?}");
     ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-unsupported"]);
     wait_status("e2e-unsupported", "STOPPED", 10);
     remove("e2e-unsupported");

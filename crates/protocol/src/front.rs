@@ -127,6 +127,13 @@ pub(crate) fn start_shim(opts: StartOpts) -> containerd_shim::Result<String> {
 pub(crate) fn delete_shim() -> containerd_shim::Result<DeleteResponse> {
     let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(format!("cwd: {e}")))?;
     let id = bundle.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    // containerd runs this after every shim exit, asynchronously. By then a new container
+    // with the same id may own this bundle path, served by a live shim: leave it alone.
+    let served = std::fs::read_to_string(bundle.join("address"))
+        .is_ok_and(|a| std::os::unix::net::UnixStream::connect(socket_path(a.trim())).is_ok());
+    if served {
+        return Ok(DeleteResponse { exit_status: 128 + libc::SIGKILL as u32, exited_at: Some(Timestamp::from(SystemTime::now())).into(), ..Default::default() });
+    }
     if let Err(e) = cleanup_bundle(&bundle, &id, Path::new(CGROUP_ROOT)) {
         // containerd logs what we print on stderr; the cleanup that could be done is done.
         eprintln!("{RUNTIME_ID}: delete {id}: {e}");

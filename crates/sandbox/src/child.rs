@@ -34,6 +34,11 @@ pub(crate) fn container_init<P: Payload>(plan: Plan, sync: OwnedFd, payload: &P)
 fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, SetupError> {
     // A session of its own: signals to the shim's process group must not reach the container.
     setsid().ctx(Step::Session, "setsid")?;
+    // A wasm process is a clone of the fork server: without this, `ps` would show the
+    // shim's command line for every container. While the host's /proc is still visible.
+    if !plan.is_native() {
+        set_cmdline(&plan.args)?;
+    }
 
     // Join the cgroup while still in the shim's cgroup namespace, so that a new cgroup
     // namespace below is rooted at the container's own cgroup.
@@ -205,6 +210,36 @@ fn set_user_and_caps(plan: &Plan) -> Result<(), SetupError> {
         for cap in parse(&c.ambient)? {
             caps::raise(None, CapSet::Ambient, cap).ctx(Step::Capabilities, format!("ambient {cap}"))?;
         }
+    }
+    Ok(())
+}
+
+/// Rewrites this process's argv area, which /proc/PID/cmdline (what `ps` shows) reads, to
+/// `args` (cut to fit), and sets the thread name to the program's file name. Reads where
+/// the area is from /proc/self/stat, so it must run while the host's /proc is visible.
+pub(crate) fn set_cmdline(args: &[String]) -> Result<(), SetupError> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ctx(Step::Session, "read /proc/self/stat")?;
+    // Fields after the command name: arg_start and arg_end are the 48th and 49th fields.
+    let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else {
+        return Err(SetupError::new(Step::Session, "no arg_start/arg_end in /proc/self/stat"));
+    };
+    if end <= start {
+        return Ok(());
+    }
+    let mut text: Vec<u8> = args.iter().flat_map(|a| a.bytes().filter(|b| *b != 0).chain(std::iter::once(0))).collect();
+    text.truncate(end - start - 1);
+    text.resize(end - start, 0);
+    // SAFETY: [start, end) is this process's own argv strings, written by the kernel at exec
+    // on the initial stack and never freed. Nothing in this process holds a Rust reference
+    // into it; std reads argv only through raw pointers when asked for env::args().
+    unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), start as *mut u8, text.len()) };
+    if let Some(name) = args.first().map(|a| a.rsplit('/').next().unwrap_or(a)) {
+        let mut comm: Vec<u8> = name.bytes().filter(|b| *b != 0).take(15).collect();
+        comm.push(0);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr() as libc::c_ulong, 0, 0, 0) };
     }
     Ok(())
 }

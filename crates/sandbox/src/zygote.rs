@@ -95,6 +95,12 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
         }
     }
     crate::child::close_fds_except(sock.as_raw_fd()).unwrap_or_else(|_| unsafe_exit(1));
+    // Tell it apart from the shim in `ps`: the same arguments, another name.
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(a0) = args.first_mut() {
+        *a0 = format!("{}-fork-server", a0.trim_end_matches("-daemon"));
+    }
+    let _ = crate::child::set_cmdline(&args);
     // The shim may have installed handlers (signal-hook) that write to its pipes: not ours.
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGPIPE, Signal::SIGCHLD, Signal::SIGHUP] {
         // SAFETY: restoring the default disposition installs no handler code.
