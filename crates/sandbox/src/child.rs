@@ -95,12 +95,19 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
     // process's user, like an executable that is exec-only.
     let prepared = if plan.is_native() { None } else { Some(payload.prepare(plan).map_err(|e| SetupError::new(Step::Prepare, e))?) };
 
+    // Without no_new_privs, loading a filter takes CAP_SYS_ADMIN: load it before the caps
+    // go (the filter then also sees the setuid and capset calls, which profiles allow).
+    if !plan.no_new_privs {
+        load_seccomp(plan)?;
+    }
     set_user_and_caps(plan)?;
     if plan.no_new_privs {
         // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(SetupError::new(Step::NoNewPrivs, std::io::Error::last_os_error()));
         }
+        // With no_new_privs, as late as possible: the filter sees little but the payload.
+        load_seccomp(plan)?;
     }
 
     // Nothing the fork server or the shim had open may reach the container (CVE-2024-21626).
@@ -240,6 +247,17 @@ pub(crate) fn set_cmdline(args: &[String]) -> Result<(), SetupError> {
         comm.push(0);
         // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
         unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    }
+    Ok(())
+}
+
+fn load_seccomp(plan: &Plan) -> Result<(), SetupError> {
+    let Some(bpf) = &plan.seccomp_bpf else { return Ok(()) };
+    let prog = libc::sock_fprog { len: (bpf.len() / 8) as u16, filter: bpf.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points at `bpf`, a whole number of sock_filter entries that libseccomp
+    // produced; the kernel copies it during the call.
+    if unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog as libc::c_ulong, 0, 0) } != 0 {
+        return Err(SetupError::new(Step::Seccomp, format!("load filter: {}", std::io::Error::last_os_error())));
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ pub enum Step {
     User,
     Capabilities,
     NoNewPrivs,
+    Seccomp,
     CloseFds,
     Exec,
 }
@@ -40,6 +41,7 @@ impl fmt::Display for Step {
             Step::User => "process.user",
             Step::Capabilities => "process.capabilities",
             Step::NoNewPrivs => "process.noNewPrivileges",
+            Step::Seccomp => "linux.seccomp",
             Step::CloseFds => "close inherited fds",
             Step::Exec => "execve",
         };

@@ -16,6 +16,7 @@ mod error;
 mod mounts;
 mod parent;
 mod plan;
+mod seccomp;
 mod sync;
 mod zygote;
 

@@ -96,6 +96,8 @@ pub struct Plan {
     pub umask: Option<u32>,
     pub caps: Option<CapPlan>,
     pub no_new_privs: bool,
+    /// `linux.seccomp`, compiled to BPF by the shim.
+    pub seccomp_bpf: Option<Vec<u8>>,
     pub oom_score_adj: Option<i32>,
     pub cgroups_path: String,
     pub resources: Option<LinuxResources>,
@@ -132,9 +134,7 @@ impl Plan {
             return Err(unsupported("hooks", "OCI hooks are not run by this runtime"));
         }
         let linux = spec.linux().clone().unwrap_or_default();
-        if linux.seccomp().is_some() {
-            return Err(unsupported("linux.seccomp", "seccomp filters are not implemented yet"));
-        }
+        let seccomp_bpf = linux.seccomp().as_ref().map(crate::seccomp::compile).transpose()?;
         if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(unsupported("linux.uidMappings", "user namespaces are not implemented yet"));
         }
@@ -300,6 +300,7 @@ impl Plan {
             umask: process.user().umask(),
             caps,
             no_new_privs: process.no_new_privileges().unwrap_or(false),
+            seccomp_bpf,
             oom_score_adj: process.oom_score_adj(),
             cgroups_path,
             resources: linux.resources().clone(),
@@ -523,7 +524,7 @@ mod tests {
     fn unsupported_fields_are_named() {
         for (extra, field) in [
             (serde_json::json!({"process": {"terminal": true}}), "process.terminal"),
-            (serde_json::json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}}}), "linux.seccomp"),
+            (serde_json::json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/x"}}}), "linux.seccomp.listenerPath"),
             (serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}}), "linux.namespaces[1] (user)"),
             (serde_json::json!({"linux": {"cgroupsPath": "system.slice:wshim:c1"}}), "linux.cgroupsPath"),
             (serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}}), "linux.namespaces"),
