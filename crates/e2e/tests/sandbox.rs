@@ -52,3 +52,41 @@ fn wasm_runs_under_the_default_seccomp_profile() {
     let r = run_wasm("cat", "e2e-wasm-seccomp-status", &["--seccomp"], &["/cat.wasm", "/proc/self/status"]);
     assert!(r.stdout.lines().any(|l| l.replace('\t', " ").split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]), "{r:?}");
 }
+
+#[test]
+fn a_module_cannot_reach_the_shim_binary_through_proc_exe() {
+    // The wasm process is a clone of the shim daemon: /proc/self/exe is the host's daemon
+    // binary. Opening it for writing is the CVE-2019-5736 attack.
+    for (id, path) in [("e2e-exe-self", "/proc/self/exe"), ("e2e-exe-1", "/proc/1/exe")] {
+        let r = run_wasm("exewrite", id, &[], &["/exewrite.wasm", path]);
+        assert_eq!(r.code, 0, "{path}: {r:?}");
+        assert!(r.stdout.starts_with("open-for-write=refused"), "{path}: {r:?}");
+    }
+    // And no other process can reach it: the container process is not dumpable, so even a
+    // host process of the container's own uid cannot resolve /proc/PID/exe.
+    let img = image("sleep");
+    let r = run_detached(&["--platform", "wasi/wasm", &img], "e2e-exe-dumpable", &["--user", "1000:1000"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let pid = wait_status("e2e-exe-dumpable", "RUNNING", 10);
+    let peek = std::process::Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "readlink", &format!("/proc/{pid}/exe")])
+        .output()
+        .expect("setpriv");
+    let uid_line = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap().lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-exe-dumpable"]);
+    wait_status("e2e-exe-dumpable", "STOPPED", 10);
+    remove("e2e-exe-dumpable");
+    assert_nothing_left("e2e-exe-dumpable");
+    assert!(uid_line.split_whitespace().nth(1) == Some("1000"), "the module runs as uid 1000: {uid_line}");
+    assert!(!peek.status.success(), "a uid-1000 host process resolved /proc/{pid}/exe: {}", String::from_utf8_lossy(&peek.stdout));
+    // The same look at an ordinary (dumpable) uid-1000 process succeeds.
+    let mut plain = std::process::Command::new("setpriv").args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "sleep", "5"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let control = std::process::Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "readlink", &format!("/proc/{}/exe", plain.id())])
+        .output()
+        .unwrap();
+    plain.kill().unwrap();
+    plain.wait().unwrap();
+    assert!(control.status.success(), "control: {control:?}");
+}

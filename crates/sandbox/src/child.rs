@@ -32,6 +32,13 @@ pub(crate) fn container_init<P: Payload>(plan: Plan, sync: OwnedFd, payload: &P)
 }
 
 fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, SetupError> {
+    // Until execve replaces it, this process is the shim's binary: non-dumpable, no other
+    // process may open /proc/PID/exe (or mem) and reach that binary (CVE-2019-5736). A
+    // wasm process stays so for its life; execve of a native program resets it.
+    // SAFETY: prctl with PR_SET_DUMPABLE takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(SetupError::new(Step::Session, format!("PR_SET_DUMPABLE: {}", std::io::Error::last_os_error())));
+    }
     // A session of its own: signals to the shim's process group must not reach the container.
     setsid().ctx(Step::Session, "setsid")?;
     // A wasm process is a clone of the fork server: without this, `ps` would show the
