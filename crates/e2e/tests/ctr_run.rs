@@ -122,3 +122,12 @@ fn front_binary_does_not_load_wasmedge() {
     let out = std::process::Command::new("ldd").arg(&daemon).output().expect("ldd");
     assert!(String::from_utf8_lossy(&out.stdout).contains("libwasmedge"), "the daemon preloads WasmEdge");
 }
+
+#[test]
+fn the_cri_runtime_handler_wasmedge_is_registered() {
+    // Debian 13 has no crictl; the CRI plugin logs the runtimes it loaded at start.
+    require_env();
+    let log = std::fs::read_to_string("/run/wshim/containerd.log").expect("containerd log");
+    let cri = log.lines().find(|l| l.contains("Start cri plugin with config")).expect("the CRI plugin started");
+    assert!(cri.contains("wasmedge:{Type:io.containerd.wasmedge.v1"), "no wasmedge handler in: {cri}");
+}
