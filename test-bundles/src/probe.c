@@ -2,7 +2,9 @@
  * capabilities, no_new_privs, seccomp mode, rlimits, pid, and whether keyctl(2) (refused
  * by containerd's default seccomp profile) is allowed. Static, for any rootfs. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -42,5 +44,17 @@ int main(void) {
     long k = syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 0);
     printf("keyctl=%s\n", k >= 0 ? "allowed" : (errno == EPERM ? "EPERM" : "allowed-but-failed"));
     printf("umask=%04o\n", umask(0));
+    /* Open descriptors, without the one that lists them. */
+    DIR *d = opendir("/proc/self/fd");
+    int own = d ? dirfd(d) : -1, first = 1;
+    struct dirent *e;
+    printf("fds=");
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || atoi(e->d_name) == own) continue;
+        printf("%s%s", first ? "" : ",", e->d_name);
+        first = 0;
+    }
+    printf("\n");
+    if (d) closedir(d);
     return 0;
 }

@@ -23,6 +23,8 @@ fn default_spec_matches_runc() {
     assert_eq!(field(&ours, "pid"), "1");
     assert_eq!(field(&ours, "hostname"), "probe");
     assert_eq!(field(&ours, "Seccomp"), "0");
+    // Nothing of the shim's reaches the container (CVE-2024-21626 class): stdio only.
+    assert_eq!(field(&ours, "fds"), "0,1,2");
 }
 
 #[test]
