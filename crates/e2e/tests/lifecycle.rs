@@ -131,6 +131,26 @@ fn task_events_are_published() {
 }
 
 #[test]
+fn metrics_come_from_the_container_cgroup() {
+    let img = image("sleep");
+    let r = run_detached(&["--platform", "wasi/wasm", &img], "e2e-metrics", &["--memory-limit", "268435456"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    wait_status("e2e-metrics", "RUNNING", 10);
+    let m = ctr(&["tasks", "metrics", "e2e-metrics"]);
+    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-metrics"]);
+    wait_status("e2e-metrics", "STOPPED", 10);
+    remove("e2e-metrics");
+    assert_nothing_left("e2e-metrics");
+    assert_eq!(m.code, 0, "{m:?}");
+    let value = |key: &str| -> u64 {
+        m.stdout.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{key} {v:?}"))).unwrap_or_else(|| panic!("no {key}: {}", m.stdout))
+    };
+    assert_eq!(value("memory.limit_in_bytes"), 268435456, "{}", m.stdout);
+    assert!(value("memory.usage_in_bytes") > 0, "{}", m.stdout);
+    assert_eq!(value("pids.current"), 1, "{}", m.stdout);
+}
+
+#[test]
 fn unsupported_calls_answer_unimplemented() {
     let img = image("sleep");
     assert_eq!(run_detached(&["--platform", "wasi/wasm", &img], "e2e-unsupported", &[], &[]).code, 0);

@@ -28,6 +28,8 @@ pub enum TaskError {
     Kill { id: String, signal: u32, source: nix::errno::Errno },
     #[error("container {id}: freezer: {source}")]
     Freeze { id: String, source: wshim_sandbox::CgroupError },
+    #[error("container {id}: stats: {message}")]
+    Stats { id: String, message: String },
     #[error("container {id}: delete: {what}: {message}")]
     Cleanup { id: String, what: &'static str, message: String },
     #[error("{0}: not supported by the wasmedge shim")]
@@ -50,7 +52,7 @@ pub fn to_ttrpc(e: &TaskError) -> ttrpc::Error {
         TaskError::WrongState { .. } => Code::FAILED_PRECONDITION,
         TaskError::Finished { .. } => Code::NOT_FOUND,
         TaskError::Unsupported(_) => Code::UNIMPLEMENTED,
-        TaskError::MountRootfs { .. } | TaskError::Create { .. } | TaskError::Start { .. } | TaskError::Kill { .. } | TaskError::Cleanup { .. } | TaskError::Freeze { .. } => {
+        TaskError::MountRootfs { .. } | TaskError::Create { .. } | TaskError::Start { .. } | TaskError::Kill { .. } | TaskError::Cleanup { .. } | TaskError::Freeze { .. } | TaskError::Stats { .. } => {
             Code::INTERNAL
         }
     };

@@ -5,6 +5,7 @@
 
 mod error;
 mod front;
+mod metrics;
 mod service;
 mod state;
 

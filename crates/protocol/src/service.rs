@@ -485,8 +485,11 @@ impl TaskApi for TaskService {
         Err(to_ttrpc(&TaskError::Unsupported("Update")))
     }
 
-    fn stats(&self, _ctx: &TtrpcContext, _req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        Err(to_ttrpc(&TaskError::Unsupported("Stats")))
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let tasks = self.tasks();
+        let t = ttrpc(tasks.get(&req.id).ok_or_else(|| TaskError::NotFound(req.id.clone())))?;
+        let stats = ttrpc(crate::metrics::metrics(&t.container.cgroup).map_err(|message| TaskError::Stats { id: req.id.clone(), message }))?;
+        Ok(StatsResponse { stats: Some(stats).into(), ..Default::default() })
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {

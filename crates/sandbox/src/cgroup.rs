@@ -122,6 +122,33 @@ impl Cgroup {
         self.dirs.iter().map(|(_, d)| d.join("cgroup.procs")).collect()
     }
 
+    /// A control file of one hierarchy ("" on v2), trimmed; `None` when missing.
+    pub fn read(&self, hierarchy: &str, file: &str) -> Option<String> {
+        let dir = if self.mode == CgroupMode::V2 { &self.dirs[0].1 } else { self.dirs.iter().find(|(n, _)| n == hierarchy).map(|(_, d)| d)? };
+        std::fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_string())
+    }
+
+    /// A control file as a number (`max` is `u64::MAX`).
+    pub fn read_u64(&self, hierarchy: &str, file: &str) -> u64 {
+        match self.read(hierarchy, file).as_deref() {
+            Some("max") => u64::MAX,
+            Some(v) => v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// A flat keyed file (`memory.stat`, `cpu.stat`, …) as name → value.
+    pub fn read_keyed(&self, hierarchy: &str, file: &str) -> std::collections::HashMap<String, u64> {
+        self.read(hierarchy, file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_string(), f.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Pids of every process in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
         let mut pids: Vec<i32> = self
