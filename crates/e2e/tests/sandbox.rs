@@ -92,3 +92,21 @@ fn a_module_cannot_reach_the_shim_binary_through_proc_exe() {
     plain.wait().unwrap();
     assert!(control.status.success(), "control: {control:?}");
 }
+
+#[test]
+fn a_pid_namespace_joined_by_path_is_shared() {
+    let img = image("sleep");
+    assert_eq!(run_detached(&["--platform", "wasi/wasm", &img], "e2e-pidns-owner", &[], &[]).code, 0);
+    let owner = wait_status("e2e-pidns-owner", "RUNNING", 10);
+    let ns = format!("pid:/proc/{owner}/ns/pid");
+    let joined = probe(RUNTIME, "e2e-pidns-joiner", &["--with-ns", &ns]);
+    let joined_runc = probe("io.containerd.runc.v2", "e2e-pidns-joiner-runc", &["--with-ns", &ns]);
+    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-pidns-owner"]);
+    wait_status("e2e-pidns-owner", "STOPPED", 10);
+    remove("e2e-pidns-owner");
+    assert_nothing_left("e2e-pidns-owner");
+    assert_ne!(field(&joined, "pid"), "1", "the owner is pid 1 of the shared namespace: {joined:?}");
+    assert_ne!(field(&joined_runc, "pid"), "1", "runc joins it the same way: {joined_runc:?}");
+    let pid: u32 = field(&joined, "pid").parse().unwrap();
+    assert!(pid < 100, "a pid of the pod's namespace, not the host's: {pid}");
+}

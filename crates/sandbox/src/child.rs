@@ -55,7 +55,8 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
 
     // Namespaces given by path (a pod's shared ones). Before any mount work, so a joined
     // mount namespace is the one the container's mounts go into.
-    for (flag, path) in &plan.join_ns {
+    // (A pid namespace was joined by the fork server, before the clone.)
+    for (flag, path) in plan.join_ns.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID) {
         let f = std::fs::File::open(path).ctx(Step::JoinNamespace, path.display())?;
         setns(f.as_fd(), CloneFlags::from_bits_truncate(*flag)).ctx(Step::JoinNamespace, path.display())?;
     }

@@ -116,6 +116,18 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
             let _ = send(sock.as_fd(), &SpawnReply::Error("request without sync socket".into()), &[]);
             continue;
         };
+        // A pid namespace joined by path applies only to children of the caller: enter it
+        // here around the clone, and come back to our own afterwards.
+        let join_pid = match req.plan.join_ns.iter().find(|(f, _)| *f == libc::CLONE_NEWPID) {
+            None => None,
+            Some((_, path)) => match enter_pid_ns(path) {
+                Ok(own) => Some(own),
+                Err(e) => {
+                    let _ = send(sock.as_fd(), &SpawnReply::Error(format!("linux.namespaces (pid) {}: {e}", path.display())), &[]);
+                    continue;
+                }
+            },
+        };
         let flags = req.plan.clone_flags().bits() | libc::CLONE_PARENT | libc::SIGCHLD;
         // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork(2): the child
         // gets a copy of this single-threaded process and returns 0 here. CLONE_PARENT makes
@@ -126,11 +138,26 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
             crate::child::container_init(req.plan, child_sync, &payload);
         }
         drop(child_sync);
+        if let Some(own) = join_pid {
+            if let Err(e) = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID) {
+                // Later containers would land in the wrong pid namespace: stop serving.
+                let _ = send(sock.as_fd(), &SpawnReply::Error(format!("fork server: return to own pid namespace: {e}")), &[]);
+                unsafe_exit(1);
+            }
+        }
         let reply = if pid < 0 { SpawnReply::Error(std::io::Error::last_os_error().to_string()) } else { SpawnReply::Pid(pid as i32) };
         if send(sock.as_fd(), &reply, &[]).is_err() {
             unsafe_exit(0);
         }
     }
+}
+
+/// Makes `path` the pid namespace of our next child; returns our own, to go back to.
+fn enter_pid_ns(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let own = std::fs::File::open("/proc/self/ns/pid")?;
+    let target = std::fs::File::open(path)?;
+    nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID)?;
+    Ok(own)
 }
 
 fn unsafe_exit(code: i32) -> ! {
