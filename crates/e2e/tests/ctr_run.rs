@@ -48,6 +48,12 @@ fn trap_exits_non_zero_with_the_message_on_stderr() {
     assert_eq!(r.code, 134, "{r:?}");
     assert!(r.stderr.contains("about to trap"), "{r:?}");
     assert!(r.stderr.contains("wasm trap in /trap.wasm: unreachable"), "{r:?}");
+    // And in the shim's log, which containerd copies into its own.
+    let log = std::fs::read_to_string("/run/wshim/containerd.log").expect("containerd log");
+    assert!(
+        log.lines().any(|l| l.contains("level=error") && l.contains(r#"id="e2e-trap""#) && l.contains("wasm trap in /trap.wasm: unreachable")),
+        "no trap message for e2e-trap in the containerd log"
+    );
 }
 
 #[test]

@@ -135,7 +135,7 @@ impl TaskService {
                     })
                     .expect("spawn exit thread");
             }
-            Err(e) => error!("cannot watch container exits: {e}"),
+            Err(e) => error!(error:% = e; "cannot watch container exits"),
         }
         svc
     }
@@ -146,13 +146,13 @@ impl TaskService {
 
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         if let Err(e) = self.inner.publisher.publish(Context::default(), topic, &self.inner.namespace, event) {
-            warn!("publish {topic}: {e}");
+            warn!(topic, error:% = e; "publish failed");
         }
     }
 
     fn on_exit(&self, pid: i32, code: i32) {
         if pid == self.inner.zygote.pid {
-            error!("the fork server (pid {pid}) exited with {code}; no new containers can be created");
+            error!(pid, exit_status = code; "the fork server exited; no new containers can be created");
             return;
         }
         let event = {
@@ -162,9 +162,9 @@ impl TaskService {
             };
             t.status = Status::Stopped { code: code as u32, at: SystemTime::now() };
             if let Some(msg) = t.container.exit_message() {
-                error!("container {}: {msg}", t.id);
+                error!(id = t.id.as_str(), pid; "{msg}");
             }
-            info!("container {} (pid {pid}) exited with {code}", t.id);
+            info!(id = t.id.as_str(), pid, exit_status = code; "container exited");
             let (code, at) = t.exit().expect("just stopped");
             TaskExit { container_id: t.id.clone(), id: t.id.clone(), pid: pid as u32, exit_status: code, exited_at: Some(at).into(), ..Default::default() }
         };
@@ -211,7 +211,7 @@ impl TaskService {
                     status: Status::Created,
                 };
                 self.tasks().insert(id.clone(), task);
-                info!("container {id} created, pid {pid}");
+                info!(id = id.as_str(), pid; "container created");
                 let ev = TaskCreate {
                     container_id: id,
                     bundle: req.bundle.clone(),
@@ -234,10 +234,10 @@ impl TaskService {
             Err(e) => {
                 if let Some(t) = &mounted {
                     if let Err(u) = unmount_rootfs(t) {
-                        error!("container {id}: {u}");
+                        error!(id = id.as_str(), error:% = u; "unmount rootfs");
                     }
                 }
-                error!("{e}");
+                error!(id = id.as_str(), error:% = e; "create failed");
                 Err(e)
             }
         }
@@ -265,7 +265,7 @@ impl TaskService {
                     // The failed process was SIGKILLed; our reaper collects it, and the
                     // cgroup empties a moment later.
                     if let Err(e) = cg.remove() {
-                        error!("container {id}: {e}");
+                        error!(id = id.as_str(), error:% = e; "remove cgroup");
                     }
                 }
                 Err(TaskError::Create { id, source })
@@ -373,7 +373,7 @@ impl TaskService {
         if !problems.is_empty() {
             return Err(TaskError::Cleanup { id: id.into(), what: "cgroup and rootfs", message: problems.join("; ") });
         }
-        info!("container {id} deleted");
+        info!(id; "container deleted");
         Ok((pid, code, at))
     }
 }
