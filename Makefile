@@ -52,6 +52,7 @@ test: containerd-up bundles
 ## bench: criterion benches and the end-to-end comparison with runc and crun
 bench: containerd-up bundles
 	$(IN_ENV) cargo bench -p wshim-benches --bench in_process
+	$(IN_ENV) benches/memory.sh
 	$(IN_ENV) benches/e2e.sh
 	python3 benches/report.py
 
