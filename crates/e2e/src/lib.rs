@@ -218,6 +218,26 @@ pub fn remove(id: &str) {
     ctr(&["containers", "rm", id]);
 }
 
+/// Kills a detached task, waits for it to stop, removes it and checks nothing is left.
+pub fn kill_and_remove(id: &str) {
+    ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+    wait_status(id, "STOPPED", 10);
+    remove(id);
+    assert_nothing_left(id);
+}
+
+/// `ctr run --rm` of a wasm image in the background, a signal once it runs; returns how
+/// `ctr run` ended, after checking nothing was left.
+pub fn signal_running(image_name: &str, id: &str, signal: &str) -> Run {
+    let child = spawn_wasm(image_name, id, &[], &[]);
+    wait_status(id, "RUNNING", 10);
+    let k = ctr(&["tasks", "kill", "-s", signal, id]);
+    assert_eq!(k.code, 0, "{k:?}");
+    let r = wait_child(child, 10);
+    assert_nothing_left(id);
+    r
+}
+
 /// Pids of shim daemons whose command line carries `-id ID`.
 pub fn daemon_pids(id: &str) -> Vec<i32> {
     shims_of(id).iter().filter(|s| s.split_whitespace().nth(1).is_some_and(|a0| a0.ends_with("-daemon"))).map(|s| s.split(':').next().unwrap().parse().unwrap()).collect()

@@ -7,34 +7,21 @@ use wshim_e2e::*;
 
 #[test]
 fn sigterm_stops_a_busy_wasm_loop_with_143() {
-    let child = spawn_wasm("loop", "e2e-term-loop", &[], &[]);
-    wait_status("e2e-term-loop", "RUNNING", 10);
-    let k = ctr(&["tasks", "kill", "-s", "SIGTERM", "e2e-term-loop"]);
-    assert_eq!(k.code, 0, "{k:?}");
-    let r = wait_child(child, 10);
+    let r = signal_running("loop", "e2e-term-loop", "SIGTERM");
     assert_eq!(r.code, 143, "{r:?}");
     assert_eq!(r.stdout, "looping\n");
-    assert_nothing_left("e2e-term-loop");
 }
 
 #[test]
 fn sigterm_stops_a_wasm_program_sleeping_in_poll_oneoff() {
-    let child = spawn_wasm("sleep", "e2e-term-sleep", &[], &[]);
-    wait_status("e2e-term-sleep", "RUNNING", 10);
-    ctr(&["tasks", "kill", "-s", "SIGTERM", "e2e-term-sleep"]);
-    let r = wait_child(child, 10);
+    let r = signal_running("sleep", "e2e-term-sleep", "SIGTERM");
     assert_eq!(r.code, 143, "{r:?}");
-    assert_nothing_left("e2e-term-sleep");
 }
 
 #[test]
 fn sigkill_gives_137() {
-    let child = spawn_wasm("sleep", "e2e-kill", &[], &[]);
-    wait_status("e2e-kill", "RUNNING", 10);
-    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-kill"]);
-    let r = wait_child(child, 10);
+    let r = signal_running("sleep", "e2e-kill", "SIGKILL");
     assert_eq!(r.code, 137, "{r:?}");
-    assert_nothing_left("e2e-kill");
 }
 
 #[test]
@@ -55,10 +42,7 @@ fn pause_and_resume_freeze_the_cgroup() {
     wait_status("e2e-pause", "RUNNING", 5);
     // SIGKILL of a paused task must not hang in the freezer.
     assert_eq!(ctr(&["tasks", "pause", "e2e-pause"]).code, 0);
-    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-pause"]);
-    wait_status("e2e-pause", "STOPPED", 10);
-    remove("e2e-pause");
-    assert_nothing_left("e2e-pause");
+    kill_and_remove("e2e-pause");
 }
 
 #[test]
@@ -87,10 +71,7 @@ fn a_pods_containers_share_one_shim() {
     remove("e2e-pod-b");
     assert_eq!(daemon_pids("e2e-pod-a"), daemons, "the daemon serves the rest of the pod");
     assert_eq!(task_status("e2e-pod-a").unwrap().1, "RUNNING");
-    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-pod-a"]);
-    wait_status("e2e-pod-a", "STOPPED", 10);
-    remove("e2e-pod-a");
-    assert_nothing_left("e2e-pod-a");
+    kill_and_remove("e2e-pod-a");
     assert_nothing_left("e2e-pod-b");
 }
 
@@ -137,10 +118,7 @@ fn metrics_come_from_the_container_cgroup() {
     assert_eq!(r.code, 0, "{r:?}");
     wait_status("e2e-metrics", "RUNNING", 10);
     let m = ctr(&["tasks", "metrics", "e2e-metrics"]);
-    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-metrics"]);
-    wait_status("e2e-metrics", "STOPPED", 10);
-    remove("e2e-metrics");
-    assert_nothing_left("e2e-metrics");
+    kill_and_remove("e2e-metrics");
     assert_eq!(m.code, 0, "{m:?}");
     let value = |key: &str| -> u64 {
         m.stdout.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{key} {v:?}"))).unwrap_or_else(|| panic!("no {key}: {}", m.stdout))
@@ -158,10 +136,7 @@ fn unsupported_calls_answer_unimplemented() {
     let e = ctr(&["tasks", "exec", "--exec-id", "x1", "e2e-unsupported", "/sleep.wasm", "1"]);
     assert_ne!(e.code, 0, "{e:?}");
     assert!(e.stderr.contains("Exec: not supported by the wasmedge shim") && e.stderr.contains("not implemented"), "{e:?}");
-    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-unsupported"]);
-    wait_status("e2e-unsupported", "STOPPED", 10);
-    remove("e2e-unsupported");
-    assert_nothing_left("e2e-unsupported");
+    kill_and_remove("e2e-unsupported");
 }
 
 #[test]

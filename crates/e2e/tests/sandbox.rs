@@ -75,10 +75,7 @@ fn a_module_cannot_reach_the_shim_binary_through_proc_exe() {
         .output()
         .expect("setpriv");
     let uid_line = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap().lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
-    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-exe-dumpable"]);
-    wait_status("e2e-exe-dumpable", "STOPPED", 10);
-    remove("e2e-exe-dumpable");
-    assert_nothing_left("e2e-exe-dumpable");
+    kill_and_remove("e2e-exe-dumpable");
     assert!(uid_line.split_whitespace().nth(1) == Some("1000"), "the module runs as uid 1000: {uid_line}");
     assert!(!peek.status.success(), "a uid-1000 host process resolved /proc/{pid}/exe: {}", String::from_utf8_lossy(&peek.stdout));
     // The same look at an ordinary (dumpable) uid-1000 process succeeds.
@@ -101,10 +98,7 @@ fn a_pid_namespace_joined_by_path_is_shared() {
     let ns = format!("pid:/proc/{owner}/ns/pid");
     let joined = probe(RUNTIME, "e2e-pidns-joiner", &["--with-ns", &ns]);
     let joined_runc = probe("io.containerd.runc.v2", "e2e-pidns-joiner-runc", &["--with-ns", &ns]);
-    ctr(&["tasks", "kill", "-s", "SIGKILL", "e2e-pidns-owner"]);
-    wait_status("e2e-pidns-owner", "STOPPED", 10);
-    remove("e2e-pidns-owner");
-    assert_nothing_left("e2e-pidns-owner");
+    kill_and_remove("e2e-pidns-owner");
     assert_ne!(field(&joined, "pid"), "1", "the owner is pid 1 of the shared namespace: {joined:?}");
     assert_ne!(field(&joined_runc, "pid"), "1", "runc joins it the same way: {joined_runc:?}");
     let pid: u32 = field(&joined, "pid").parse().unwrap();
