@@ -23,7 +23,9 @@ if [ -f /run/wshim/containerd.pid ]; then
   fi
   rm -f /run/wshim/containerd.pid
 fi
-left=$(pgrep -f 'containerd-shim-wasmedge-v1' || true)
+# Only this checkout's shims: another checkout may run its own containerd beside this one.
+bin=$(cat /run/wshim/containerd.bin 2>/dev/null || echo "${WSHIM_BIN:-/nonexistent}")
+left=$(pgrep -f "^$bin/containerd-shim-wasmedge-v1" || true)
 if [ -n "$left" ]; then
   echo "containerd-down: shim processes left behind: $left; killing them" >&2
   kill -9 $left 2>/dev/null

@@ -19,8 +19,15 @@ mkdir -p "$root$repo" "$root/root/.cargo" "$root/root/.rustup"
 mount --bind "$repo" "$root$repo"
 [ -d /root/.cargo ] && mount --bind /root/.cargo "$root/root/.cargo"
 [ -d /root/.rustup ] && mount --bind /root/.rustup "$root/root/.rustup"
-# Shared across sessions: the private containerd keeps its state under /run/wshim in the root.
-mkdir -p "$root/run/wshim"
+# The private containerd keeps its state under /run/wshim and /var/lib/wshim, and its shims
+# their sockets under /run/containerd/s, in the root,
+# across sessions. Each checkout gets its own (keyed by its path), so that two checkouts
+# (git worktrees) can run their own containerd and tests side by side.
+key=$(printf %s "$repo" | sha256sum | cut -c1-12)
+for d in run/wshim run/containerd var/lib/wshim; do
+  mkdir -p "$root/$d" "$root/$d-$key"
+  mount --bind "$root/$d-$key" "$root/$d"
+done
 cd "$root$repo"
 exec chroot "$root" /usr/bin/env -i \
   HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
