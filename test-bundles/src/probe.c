@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <termios.h>
 #include <unistd.h>
 
 static void status_line(const char *key) {
@@ -56,5 +58,11 @@ int main(void) {
     }
     printf("\n");
     if (d) closedir(d);
+    /* stdin as a terminal: its size, and whether it is the controlling terminal. */
+    struct winsize ws;
+    if (ioctl(0, TIOCGWINSZ, &ws) == 0)
+        printf("tty=%ux%u ctty=%s\n", ws.ws_col, ws.ws_row, tcgetsid(0) == getsid(0) ? "yes" : "no");
+    else
+        printf("tty=none\n");
     return 0;
 }

@@ -1,5 +1,5 @@
 //! The task lifecycle through containerd: signals, pause/resume, pods sharing a shim, a
-//! killed shim cleaned up, events, unsupported calls, and a native pause container.
+//! killed shim cleaned up, events, and a native pause container.
 
 use std::time::Duration;
 
@@ -126,17 +126,6 @@ fn metrics_come_from_the_container_cgroup() {
     assert_eq!(value("memory.limit_in_bytes"), 268435456, "{}", m.stdout);
     assert!(value("memory.usage_in_bytes") > 0, "{}", m.stdout);
     assert_eq!(value("pids.current"), 1, "{}", m.stdout);
-}
-
-#[test]
-fn unsupported_calls_answer_unimplemented() {
-    let img = image("sleep");
-    assert_eq!(run_detached(&["--platform", "wasi/wasm", &img], "e2e-unsupported", &[], &[]).code, 0);
-    wait_status("e2e-unsupported", "RUNNING", 10);
-    let e = ctr(&["tasks", "exec", "--exec-id", "x1", "e2e-unsupported", "/sleep.wasm", "1"]);
-    assert_ne!(e.code, 0, "{e:?}");
-    assert!(e.stderr.contains("Exec: not supported by the wasmedge shim") && e.stderr.contains("not implemented"), "{e:?}");
-    kill_and_remove("e2e-unsupported");
 }
 
 #[test]

@@ -32,6 +32,12 @@ pub enum TaskError {
     Stats { id: String, message: String },
     #[error("container {id}: delete: {what}: {message}")]
     Cleanup { id: String, what: &'static str, message: String },
+    #[error("container {id}: stdio: {source}")]
+    Io { id: String, source: crate::stdio::IoError },
+    #[error("container {id}: update resources: {source}")]
+    Update { id: String, source: wshim_sandbox::CgroupError },
+    #[error("container {id}: {field}: {message}")]
+    BadRequest { id: String, field: &'static str, message: String },
     #[error("{0}: not supported by the wasmedge shim")]
     Unsupported(&'static str),
 }
@@ -43,7 +49,8 @@ pub fn to_ttrpc(e: &TaskError) -> ttrpc::Error {
     let code = match e {
         TaskError::NotFound(_) => Code::NOT_FOUND,
         TaskError::AlreadyExists(_) => Code::ALREADY_EXISTS,
-        TaskError::Bundle { .. } | TaskError::Entrypoint { .. } | TaskError::Spec { .. } => Code::INVALID_ARGUMENT,
+        TaskError::Bundle { .. } | TaskError::Entrypoint { .. } | TaskError::Spec { .. } | TaskError::BadRequest { .. } => Code::INVALID_ARGUMENT,
+        TaskError::Update { source: wshim_sandbox::CgroupError::Unsupported { .. }, .. } => Code::INVALID_ARGUMENT,
         // A module that does not load, or a spec value the kernel rejects, is the caller's.
         TaskError::Create { source: CreateError::Setup(s), .. } if matches!(s.step, Step::Prepare | Step::Cwd | Step::Exec) => {
             Code::INVALID_ARGUMENT
@@ -52,6 +59,7 @@ pub fn to_ttrpc(e: &TaskError) -> ttrpc::Error {
         TaskError::WrongState { .. } => Code::FAILED_PRECONDITION,
         TaskError::Finished { .. } => Code::NOT_FOUND,
         TaskError::Unsupported(_) => Code::UNIMPLEMENTED,
+        TaskError::Io { .. } | TaskError::Update { .. } => Code::INTERNAL,
         TaskError::MountRootfs { .. } | TaskError::Create { .. } | TaskError::Start { .. } | TaskError::Kill { .. } | TaskError::Cleanup { .. } | TaskError::Freeze { .. } | TaskError::Stats { .. } => {
             Code::INTERNAL
         }
@@ -92,5 +100,10 @@ mod tests {
         });
         assert_eq!(c, Code::INVALID_ARGUMENT);
         assert!(m.starts_with("container c: linux.seccomp"), "{m}");
+        let (c, m) = code(TaskError::BadRequest { id: "c".into(), field: "linux.resources", message: "expected value".into() });
+        assert_eq!(c, Code::INVALID_ARGUMENT);
+        assert_eq!(m, "container c: linux.resources: expected value");
+        let unsupported = wshim_sandbox::CgroupError::Unsupported { field: "linux.resources.memory.swap", mode: wshim_sandbox::CgroupMode::V1, why: "off" };
+        assert_eq!(code(TaskError::Update { id: "c".into(), source: unsupported }).0, Code::INVALID_ARGUMENT);
     }
 }

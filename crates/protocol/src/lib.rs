@@ -8,6 +8,7 @@ mod front;
 mod metrics;
 mod service;
 mod state;
+mod stdio;
 
 pub use error::{to_ttrpc, TaskError};
 pub use front::{cleanup_bundle, run_front, DAEMON_NAME};

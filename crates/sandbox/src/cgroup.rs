@@ -2,6 +2,7 @@
 //! logic runs on a temp dir laid out like cgroupfs. Only directories under the container's
 //! own `cgroupsPath` are created, written and removed.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -211,6 +212,53 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Applies `r` to the existing cgroup of a running container (the Task API's Update).
+    pub fn update(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        match self.mode {
+            CgroupMode::V1 => self.apply_v1(r),
+            CgroupMode::V2 => self.apply_v2(r),
+        }
+    }
+
+    /// How many times the kernel's OOM killer killed a process of this cgroup: `oom_kill`
+    /// in v1's memory.oom_control or v2's memory.events. `None` without a memory controller.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let (h, file) = match self.mode {
+            CgroupMode::V1 => ("memory", "memory.oom_control"),
+            CgroupMode::V2 => ("", "memory.events"),
+        };
+        self.read_keyed(h, file).get("oom_kill").copied().or_else(|| self.dir(h).filter(|d| d.join(file).exists()).map(|_| 0))
+    }
+
+    /// A descriptor that becomes readable when this cgroup's memory controller runs out of
+    /// memory: on v1 an eventfd registered through cgroup.event_control for
+    /// memory.oom_control, on v2 an inotify watch on memory.events. `None` without a memory
+    /// controller. After it fires, [`OomWatch::drain`] it and compare [`Cgroup::oom_kills`].
+    pub fn oom_watch(&self) -> Result<Option<OomWatch>, CgroupError> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        match self.mode {
+            CgroupMode::V1 => {
+                let Some(dir) = self.dir("memory") else { return Ok(None) };
+                let control = dir.join("memory.oom_control");
+                let oc = std::fs::File::open(&control).map_err(io(&control, "open"))?;
+                let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(|e| CgroupError::Io { path: control.clone(), op: "eventfd", source: e.into() })?;
+                write(dir, "cgroup.event_control", &format!("{} {}", efd.as_fd().as_raw_fd(), oc.as_raw_fd()))?;
+                // The registration holds its own references; the eventfd is what we poll.
+                Ok(Some(OomWatch { fd: OwnedFd::from(efd), _control: Some(oc) }))
+            }
+            CgroupMode::V2 => {
+                let events = self.dirs[0].1.join("memory.events");
+                if !events.exists() {
+                    return Ok(None);
+                }
+                let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(|e| CgroupError::Io { path: events.clone(), op: "inotify", source: e.into() })?;
+                ino.add_watch(&events, AddWatchFlags::IN_MODIFY).map_err(|e| CgroupError::Io { path: events.clone(), op: "inotify watch", source: e.into() })?;
+                Ok(Some(OomWatch { fd: OwnedFd::from(ino), _control: None }))
+            }
+        }
+    }
+
     fn apply_v1(&self, r: &LinuxResources) -> Result<(), CgroupError> {
         if let (Some(m), Some(dir)) = (r.memory(), self.dir("memory")) {
             if let Some(l) = m.limit() {
@@ -318,6 +366,25 @@ impl Cgroup {
             write(dir, "pids.max", &v)?;
         }
         Ok(())
+    }
+}
+
+/// See [`Cgroup::oom_watch`]. Closing it ends the registration.
+#[derive(Debug)]
+pub struct OomWatch {
+    fd: OwnedFd,
+    _control: Option<std::fs::File>,
+}
+
+impl OomWatch {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Consumes whatever made the descriptor readable (an eventfd count, inotify events).
+    pub fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        while nix::unistd::read(self.fd.as_fd(), &mut buf).is_ok_and(|n| n > 0) {}
     }
 }
 

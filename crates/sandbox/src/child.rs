@@ -19,8 +19,8 @@ use crate::sync::{recv, send, ChildMsg, ParentMsg};
 use crate::{mounts, Payload, Plan};
 
 /// Runs in the new process returned by clone(2) in the fork server; never returns.
-pub(crate) fn container_init<P: Payload>(plan: Plan, sync: OwnedFd, payload: &P) -> ! {
-    let code = match init(&plan, &sync, payload) {
+pub(crate) fn container_init<P: Payload>(plan: Plan, sync: OwnedFd, stdio: [OwnedFd; 3], payload: &P) -> ! {
+    let code = match init(&plan, &sync, stdio, payload) {
         Ok(code) => code,
         Err(e) => {
             let _ = send(sync.as_fd(), &ChildMsg::Failed(e), &[]);
@@ -31,7 +31,7 @@ pub(crate) fn container_init<P: Payload>(plan: Plan, sync: OwnedFd, payload: &P)
     unsafe { libc::_exit(code) }
 }
 
-fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, SetupError> {
+fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &P) -> Result<i32, SetupError> {
     // Until execve replaces it, this process is the shim's binary: non-dumpable, no other
     // process may open /proc/PID/exe (or mem) and reach that binary (CVE-2019-5736). A
     // wasm process stays so for its life; execve of a native program resets it.
@@ -53,39 +53,57 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
         std::fs::write(f, "0").ctx(Step::JoinCgroup, f.display())?;
     }
 
-    // Namespaces given by path (a pod's shared ones). Before any mount work, so a joined
-    // mount namespace is the one the container's mounts go into.
-    // (A pid namespace was joined by the fork server, before the clone.)
+    // Namespaces given by path (a pod's shared ones, or all of a container's for an exec).
+    // Before any mount work, so a joined mount namespace is the one the container's mounts
+    // go into. (A pid namespace was joined by the fork server, before the clone.)
+    // An exec process needs the container's root too: setns into a mount namespace puts a
+    // process at the namespace's first root, which pivot_root does not change. Opened while
+    // the host's /proc is in sight.
+    let exec_root = if plan.exec { Some(std::fs::File::open(&plan.rootfs).ctx(Step::JoinNamespace, plan.rootfs.display())?) } else { None };
     for (flag, path) in plan.join_ns.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID) {
         let f = std::fs::File::open(path).ctx(Step::JoinNamespace, path.display())?;
         setns(f.as_fd(), CloneFlags::from_bits_truncate(*flag)).ctx(Step::JoinNamespace, path.display())?;
+    }
+    if let Some(root) = exec_root {
+        nix::unistd::fchdir(&root).ctx(Step::PivotRoot, "enter the container's root")?;
+        nix::unistd::chroot(".").ctx(Step::PivotRoot, "chroot into the container's root")?;
     }
     if plan.new_cgroup_ns {
         unshare(CloneFlags::CLONE_NEWCGROUP).ctx(Step::UnshareCgroupNs, "unshare")?;
     }
 
-    // oom_score_adj and the stdio FIFOs are host paths: before pivot_root hides them.
+    // /proc/self is the host's /proc here (and the container's after pivot_root, both fine).
     if let Some(adj) = plan.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).ctx(Step::Session, "process.oomScoreAdj")?;
     }
-    open_stdio(plan)?;
+    // The shim opened containerd's FIFOs (or /dev/null) for us; they become fds 0-2.
+    install_stdio(stdio)?;
 
-    mounts::setup_rootfs(plan)?;
+    // An exec process joined the container's mount namespace above, whose root is the
+    // container's root: the container is set up already, only the process remains.
+    if !plan.exec {
+        mounts::setup_rootfs(plan)?;
 
-    if let Some(h) = &plan.hostname {
-        sethostname(h).ctx(Step::Hostname, "hostname")?;
-    }
-    if let Some(d) = &plan.domainname {
-        // SAFETY: the pointer and length describe `d`, which outlives the call.
-        let r = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
-        if r != 0 {
-            return Err(SetupError::new(Step::Hostname, format!("domainname: {}", std::io::Error::last_os_error())));
+        if let Some(h) = &plan.hostname {
+            sethostname(h).ctx(Step::Hostname, "hostname")?;
+        }
+        if let Some(d) = &plan.domainname {
+            // SAFETY: the pointer and length describe `d`, which outlives the call.
+            let r = unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) };
+            if r != 0 {
+                return Err(SetupError::new(Step::Hostname, format!("domainname: {}", std::io::Error::last_os_error())));
+            }
+        }
+        // /proc/sys is the container's own view now (its /proc mount, its namespaces).
+        for (k, v) in &plan.sysctl {
+            let p = Path::new("/proc/sys").join(k.replace('.', "/"));
+            std::fs::write(&p, v).ctx(Step::Sysctl, k)?;
         }
     }
-    // /proc/sys is the container's own view now (its /proc mount, its namespaces).
-    for (k, v) in &plan.sysctl {
-        let p = Path::new("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v).ctx(Step::Sysctl, k)?;
+    // The pty comes from the container's own devpts (mounted above), so the process sees its
+    // terminal under its /dev/pts; setsid above lets it become the controlling terminal.
+    if plan.terminal {
+        setup_console(sync)?;
     }
     for &(res, soft, hard) in &plan.rlimits {
         let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
@@ -162,32 +180,41 @@ extern "C" fn exit_on_signal(sig: libc::c_int) {
     unsafe { libc::_exit(128 + sig) }
 }
 
-/// Opens containerd's stdio FIFOs onto fds 0, 1 and 2 (/dev/null where none is given).
-fn open_stdio(plan: &Plan) -> Result<(), SetupError> {
-    let s = &plan.stdio;
-    for (target, path, write) in [(0, &s.stdin, false), (1, &s.stdout, true), (2, &s.stderr, true)] {
-        let fd: OwnedFd = match path {
-            None => open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).ctx(Step::OpenStdio, "/dev/null")?,
-            // A FIFO's write end blocks until a reader exists: hold a read end meanwhile.
-            Some(p) if write => {
-                let keep = open(p, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()).ok();
-                let fd = open(p, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()).ctx(Step::OpenStdio, p.display())?;
-                drop(keep);
-                fd
-            }
-            // Opening a FIFO's read end without O_NONBLOCK waits for a writer; don't.
-            Some(p) => {
-                let fd = open(p, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()).ctx(Step::OpenStdio, p.display())?;
-                fcntl(&fd, FcntlArg::F_SETFL(OFlag::empty())).ctx(Step::OpenStdio, "clear O_NONBLOCK")?;
-                fd
-            }
-        };
+/// Makes `stdio` the process's fds 0, 1 and 2.
+fn install_stdio(stdio: [OwnedFd; 3]) -> Result<(), SetupError> {
+    for (target, fd) in stdio.into_iter().enumerate() {
+        if fd.as_raw_fd() == target as i32 {
+            // Already in place: only close-on-exec must go.
+            fcntl(&fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).ctx(Step::OpenStdio, "clear close-on-exec")?;
+            let _ = fd.into_raw_fd();
+            continue;
+        }
         // SAFETY: `target` is one of the standard descriptors, which this process owns.
-        let mut t = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(target) };
-        dup2(&fd, &mut t).ctx(Step::OpenStdio, "dup2")?;
+        let mut t = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(target as i32) };
+        dup2(&fd, &mut t).ctx(Step::OpenStdio, format!("dup2 onto fd {target}"))?;
         // dup2 clears close-on-exec on the copy; keep 0-2 open and forget the handle.
         let _ = t.into_raw_fd();
     }
+    Ok(())
+}
+
+/// `process.terminal`: a new pty from the container's /dev/ptmx becomes the controlling
+/// terminal and fds 0-2; its master goes to the shim, which relays it to containerd's FIFOs.
+fn setup_console(sync: &OwnedFd) -> Result<(), SetupError> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).ctx(Step::Console, "open /dev/ptmx")?;
+    grantpt(&master).ctx(Step::Console, "grantpt")?;
+    unlockpt(&master).ctx(Step::Console, "unlockpt")?;
+    let name = ptsname_r(&master).ctx(Step::Console, "ptsname")?;
+    let slave = open(name.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty()).ctx(Step::Console, &name)?;
+    // SAFETY: TIOCSCTTY takes an integer argument; the process leads its own session (setsid).
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+        return Err(SetupError::new(Step::Console, format!("TIOCSCTTY {name}: {}", std::io::Error::last_os_error())));
+    }
+    let slave_copies = [slave.try_clone(), slave.try_clone()];
+    let [Ok(a), Ok(b)] = slave_copies else { return Err(SetupError::new(Step::Console, "dup pty")) };
+    install_stdio([slave, a, b])?;
+    send(sync.as_fd(), &ChildMsg::Console, &[master.as_raw_fd()]).ctx(Step::Console, "send the pty master to the shim")?;
     Ok(())
 }
 

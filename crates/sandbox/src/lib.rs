@@ -20,12 +20,12 @@ mod seccomp;
 mod sync;
 mod zygote;
 
-pub use cgroup::{Cgroup, CgroupError, CgroupMode};
+pub use cgroup::{Cgroup, CgroupError, CgroupMode, OomWatch};
 pub use error::{SetupError, Step};
 pub use mounts::{mount_rootfs, unmount_rootfs, RootfsMount};
-pub use parent::{create_container, Container, CreateError};
+pub use parent::{create_container, create_exec, Container, CreateError};
 pub use plan::{CapPlan, DevicePlan, MountPlan};
-pub use plan::{cgroups_path, Plan, PlanError, Stdio};
+pub use plan::{cgroups_path, check_resources, Plan, PlanError, Stdio};
 pub use zygote::{Zygote, ZygoteError};
 
 /// Runs a container's process when it is not a native executable.

@@ -27,42 +27,58 @@ pub enum CreateError {
     Sync { pid: i32, source: std::io::Error },
 }
 
-/// A created container process, waiting for Start (or started).
+/// A created container process, waiting for Start (or started); also an exec process.
 #[derive(Debug)]
 pub struct Container {
     pub pid: i32,
     pub cgroup: Cgroup,
     sync: OwnedFd,
+    /// With `process.terminal`: the master of the pty that is the process's stdio.
+    pub console: Option<OwnedFd>,
 }
 
 /// Creates the container described by `plan`: its cgroup under `cgroup_root`, then its
 /// process (through the fork server), which sets itself up and stops before the payload.
-/// On error nothing is left but a process that is being killed (the caller reaps it) and a
-/// cgroup the caller removes with [`Container::cleanup_cgroup`]-like logic; see `abort`.
-pub fn create_container(mut plan: Plan, zygote: &Zygote, cgroup_root: &Path) -> Result<Container, (CreateError, Option<Cgroup>)> {
+/// `stdio` becomes the process's fds 0-2. On error nothing is left but a process that is
+/// being killed (the caller reaps it) and the cgroup, returned for the caller to remove.
+pub fn create_container(mut plan: Plan, zygote: &Zygote, cgroup_root: &Path, stdio: [OwnedFd; 3]) -> Result<Container, (CreateError, Option<Cgroup>)> {
     // The cgroup exists, with its limits, before the process: the child joins it as its
     // first step, so nothing it does runs unaccounted.
     let cgroup = Cgroup::create(cgroup_root, &plan.cgroups_path, plan.resources.as_ref()).map_err(|e| (e.into(), None))?;
     plan.cgroup_procs = cgroup.procs_files();
     plan.cgroup_mount_sources = cgroup.dirs.clone();
+    spawn(&plan, zygote, stdio, cgroup.clone()).map_err(|e| (e, Some(cgroup)))
+}
 
-    let fail = |e: CreateError, cg: &Cgroup| (e, Some(cg.clone()));
-    let (ours, theirs) = sync::pair().map_err(|e| fail(ZygoteError::Io(e).into(), &cgroup))?;
+/// Creates an extra process in the running container `container` (an exec): `plan` comes
+/// from [`Plan::for_exec`]. It joins the container's namespaces and cgroup, and waits for
+/// [`Container::start`] like the container's own process.
+pub fn create_exec(mut plan: Plan, zygote: &Zygote, container: &Container, stdio: [OwnedFd; 3]) -> Result<Container, CreateError> {
+    plan.cgroup_procs = container.cgroup.procs_files();
+    spawn(&plan, zygote, stdio, container.cgroup.clone())
+}
+
+fn spawn(plan: &Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup) -> Result<Container, CreateError> {
+    let (ours, theirs) = sync::pair().map_err(ZygoteError::Io)?;
     // The fork server clones the process; it is our child (CLONE_PARENT), so our reaper
-    // sees its exit. The child's end of the socketpair went with the request.
-    let pid = zygote.spawn(&plan, theirs).map_err(|e| fail(e.into(), &cgroup))?;
+    // sees its exit. The child's end of the socketpair and stdio went with the request.
+    let pid = zygote.spawn(plan, theirs, stdio)?;
 
-    // Setup runs in the child now; it answers Ready, or Failed naming the step.
-    let report = recv::<ChildMsg>(ours.as_fd(), MsgFlags::empty());
-    let err = match report {
-        Ok(Some((ChildMsg::Ready, _))) => return Ok(Container { pid, cgroup, sync: ours }),
-        Ok(Some((ChildMsg::Failed(e), _))) => CreateError::Setup(e),
-        Ok(Some((other, _))) => CreateError::Sync { pid, source: std::io::Error::other(format!("unexpected {other:?}")) },
-        Ok(None) => CreateError::Died { pid, during: "setup" },
-        Err(source) => CreateError::Sync { pid, source },
+    // Setup runs in the child now; it answers Ready, or Failed naming the step. With a
+    // terminal, the pty master comes first.
+    let mut console = None;
+    let err = loop {
+        match recv::<ChildMsg>(ours.as_fd(), MsgFlags::empty()) {
+            Ok(Some((ChildMsg::Ready, _))) => return Ok(Container { pid, cgroup, sync: ours, console }),
+            Ok(Some((ChildMsg::Console, mut fds))) if fds.len() == 1 && console.is_none() => console = fds.pop(),
+            Ok(Some((ChildMsg::Failed(e), _))) => break CreateError::Setup(e),
+            Ok(Some((other, _))) => break CreateError::Sync { pid, source: std::io::Error::other(format!("unexpected {other:?}")) },
+            Ok(None) => break CreateError::Died { pid, during: "setup" },
+            Err(source) => break CreateError::Sync { pid, source },
+        }
     };
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    Err((err, Some(cgroup)))
+    Err(err)
 }
 
 impl Container {

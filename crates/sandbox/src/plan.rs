@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 use serde::{Deserialize, Serialize};
 use wshim_oci::{Bundle, Entrypoint};
 
@@ -106,6 +106,11 @@ pub struct Plan {
     pub cgroup_procs: Vec<PathBuf>,
     /// Filled in by the parent: (controller dir name, host dir) bound under a `cgroup` mount.
     pub cgroup_mount_sources: Vec<(String, PathBuf)>,
+    /// An extra process in a running container: it joins every namespace by path and does
+    /// no root filesystem, hostname or sysctl setup.
+    pub exec: bool,
+    /// `process.terminal`: stdio is a new pty whose master goes to the shim.
+    pub terminal: bool,
 }
 
 /// The default devices every container gets (OCI runtime spec, "Default Devices").
@@ -118,18 +123,7 @@ impl Plan {
     pub fn from_bundle(id: &str, bundle: &Bundle, entry: Entrypoint, stdio: Stdio) -> Result<Plan, PlanError> {
         let spec: &Spec = &bundle.spec;
         let process = spec.process().as_ref().expect("Bundle::load checked process");
-        if process.terminal().unwrap_or(false) {
-            return Err(unsupported("process.terminal", "terminals come with the Task API work"));
-        }
-        if process.apparmor_profile().as_ref().is_some_and(|p| !p.is_empty()) {
-            return Err(unsupported("process.apparmorProfile", "AppArmor is not available"));
-        }
-        if process.selinux_label().as_ref().is_some_and(|p| !p.is_empty()) {
-            return Err(unsupported("process.selinuxLabel", "SELinux is not available"));
-        }
-        if process.io_priority().is_some() {
-            return Err(unsupported("process.ioPriority", "not implemented"));
-        }
+        check_process(process)?;
         if spec.hooks().is_some() {
             return Err(unsupported("hooks", "OCI hooks are not run by this runtime"));
         }
@@ -238,28 +232,8 @@ impl Plan {
             },
         };
 
-        let mut rlimits = Vec::new();
-        for (i, r) in process.rlimits().clone().unwrap_or_default().iter().enumerate() {
-            let res = rlimit_resource(&format!("{:?}", r.typ()))
-                .ok_or_else(|| invalid(format!("process.rlimits[{i}].type"), format!("{:?}", r.typ()), "unknown resource"))?;
-            if r.soft() > r.hard() {
-                return Err(invalid(format!("process.rlimits[{i}]"), format!("soft {} hard {}", r.soft(), r.hard()), "soft exceeds hard"));
-            }
-            rlimits.push((res, r.soft(), r.hard()));
-        }
-
-        let caps = process.capabilities().as_ref().map(|c| {
-            let names = |s: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
-                s.as_ref().map(|set| set.iter().map(|c| format!("CAP_{}", c.to_string().trim_start_matches("CAP_"))).collect()).unwrap_or_default()
-            };
-            CapPlan {
-                bounding: names(c.bounding()),
-                effective: names(c.effective()),
-                permitted: names(c.permitted()),
-                inheritable: names(c.inheritable()),
-                ambient: names(c.ambient()),
-            }
-        });
+        let rlimits = rlimits(process)?;
+        let caps = caps(process);
 
         let mut sysctl: Vec<(String, String)> = linux.sysctl().clone().unwrap_or_default().into_iter().collect();
         sysctl.sort();
@@ -307,6 +281,53 @@ impl Plan {
             stdio,
             cgroup_procs: Vec::new(),
             cgroup_mount_sources: Vec::new(),
+            exec: false,
+            terminal: process.terminal().unwrap_or(false),
+        })
+    }
+
+    /// The plan of an extra process (an exec) in this plan's running container, whose first
+    /// process is `init_pid`: the container's namespaces (all joined through /proc/PID/ns),
+    /// cgroup and seccomp filter, with `process`'s args, env, cwd, user, capabilities and
+    /// rlimits. `entry` is what `process.args[0]` names in the container.
+    pub fn for_exec(&self, process: &Process, init_pid: i32, entry: Entrypoint) -> Result<Plan, PlanError> {
+        check_process(process)?;
+        let ns = |name: &str| PathBuf::from(format!("/proc/{init_pid}/ns/{name}"));
+        let mut join_ns: Vec<(i32, PathBuf)> = [
+            (CloneFlags::CLONE_NEWIPC, "ipc"),
+            (CloneFlags::CLONE_NEWUTS, "uts"),
+            (CloneFlags::CLONE_NEWNET, "net"),
+            (CloneFlags::CLONE_NEWPID, "pid"),
+            (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+        ]
+        .into_iter()
+        .map(|(f, n)| (f.bits(), ns(n)))
+        .collect();
+        // The mount namespace last: after it, /proc/PID/ns of the host is out of sight.
+        join_ns.push((CloneFlags::CLONE_NEWNS.bits(), ns("mnt")));
+        Ok(Plan {
+            // Where the container's root is, seen from the host: the exec process enters it
+            // after the mount namespace (whose own root need not be the container's).
+            rootfs: PathBuf::from(format!("/proc/{init_pid}/root")),
+            entry,
+            args: process.args().clone().unwrap_or_default(),
+            env: process.env().clone().unwrap_or_default(),
+            cwd: process.cwd().clone(),
+            clone_flags: 0,
+            new_cgroup_ns: false,
+            join_ns,
+            rlimits: rlimits(process)?,
+            uid: process.user().uid(),
+            gid: process.user().gid(),
+            additional_gids: process.user().additional_gids().clone().unwrap_or_default(),
+            umask: process.user().umask(),
+            caps: caps(process),
+            no_new_privs: process.no_new_privileges().unwrap_or(false),
+            oom_score_adj: process.oom_score_adj().or(self.oom_score_adj),
+            cgroup_procs: Vec::new(),
+            exec: true,
+            terminal: process.terminal().unwrap_or(false),
+            ..self.clone()
         })
     }
 
@@ -317,6 +338,51 @@ impl Plan {
     pub(crate) fn clone_flags(&self) -> CloneFlags {
         CloneFlags::from_bits_truncate(self.clone_flags)
     }
+}
+
+/// Process fields no process of ours can honour.
+fn check_process(process: &Process) -> Result<(), PlanError> {
+    if process.apparmor_profile().as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(unsupported("process.apparmorProfile", "AppArmor is not available"));
+    }
+    if process.selinux_label().as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(unsupported("process.selinuxLabel", "SELinux is not available"));
+    }
+    if process.io_priority().is_some() {
+        return Err(unsupported("process.ioPriority", "not implemented"));
+    }
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(invalid("process.args", "[]", "names no program"));
+    }
+    Ok(())
+}
+
+fn rlimits(process: &Process) -> Result<Vec<(u32, u64, u64)>, PlanError> {
+    let mut rlimits = Vec::new();
+    for (i, r) in process.rlimits().clone().unwrap_or_default().iter().enumerate() {
+        let res = rlimit_resource(&format!("{:?}", r.typ()))
+            .ok_or_else(|| invalid(format!("process.rlimits[{i}].type"), format!("{:?}", r.typ()), "unknown resource"))?;
+        if r.soft() > r.hard() {
+            return Err(invalid(format!("process.rlimits[{i}]"), format!("soft {} hard {}", r.soft(), r.hard()), "soft exceeds hard"));
+        }
+        rlimits.push((res, r.soft(), r.hard()));
+    }
+    Ok(rlimits)
+}
+
+fn caps(process: &Process) -> Option<CapPlan> {
+    process.capabilities().as_ref().map(|c| {
+        let names = |s: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
+            s.as_ref().map(|set| set.iter().map(|c| format!("CAP_{}", c.to_string().trim_start_matches("CAP_"))).collect()).unwrap_or_default()
+        };
+        CapPlan {
+            bounding: names(c.bounding()),
+            effective: names(c.effective()),
+            permitted: names(c.permitted()),
+            inheritable: names(c.inheritable()),
+            ambient: names(c.ambient()),
+        }
+    })
 }
 
 /// The container's cgroup path: `linux.cgroupsPath`, or `/wasmedge-shim/ID` when unset.
@@ -334,7 +400,8 @@ pub fn cgroups_path(spec: &Spec, id: &str) -> Result<String, PlanError> {
     Ok(path)
 }
 
-fn check_resources(res: &LinuxResources) -> Result<(), PlanError> {
+/// Refuses resource fields this runtime cannot apply (at Create, and at Update).
+pub fn check_resources(res: &LinuxResources) -> Result<(), PlanError> {
     if res.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
         return Err(unsupported("linux.resources.hugepageLimits", "not implemented"));
     }
@@ -523,7 +590,6 @@ mod tests {
     #[test]
     fn unsupported_fields_are_named() {
         for (extra, field) in [
-            (serde_json::json!({"process": {"terminal": true}}), "process.terminal"),
             (serde_json::json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/x"}}}), "linux.seccomp.listenerPath"),
             (serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}}), "linux.namespaces[1] (user)"),
             (serde_json::json!({"linux": {"cgroupsPath": "system.slice:wshim:c1"}}), "linux.cgroupsPath"),

@@ -14,6 +14,9 @@ const MAX_MSG: usize = 1 << 20;
 /// What a container child tells the shim.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ChildMsg {
+    /// `process.terminal`: the pty master, passed with this message (SCM_RIGHTS). Sent
+    /// before Ready.
+    Console,
     /// Setup is done and the process is prepared; waiting for Start.
     Ready,
     /// Setup failed; the child exits.

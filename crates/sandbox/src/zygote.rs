@@ -70,11 +70,15 @@ impl Zygote {
     }
 
     /// Asks the fork server for a container process for `plan`; `sync` is the child's end of
-    /// the shim's socketpair with it. Returns the new process's pid, a child of this process.
-    pub fn spawn(&self, plan: &Plan, sync: OwnedFd) -> Result<i32, ZygoteError> {
+    /// the shim's socketpair with it, `stdio` the process's fds 0, 1 and 2. Returns the new
+    /// process's pid, a child of this process.
+    pub fn spawn(&self, plan: &Plan, sync: OwnedFd, stdio: [OwnedFd; 3]) -> Result<i32, ZygoteError> {
         let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
-        send(sock.as_fd(), &SpawnRequest { plan: plan.clone() }, &[sync.as_raw_fd()])?;
+        let fds = [sync.as_raw_fd(), stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
+        send(sock.as_fd(), &SpawnRequest { plan: plan.clone() }, &fds)?;
+        // The fork server holds its copies now; ours would keep the FIFOs open.
         drop(sync);
+        drop(stdio);
         match recv::<SpawnReply>(sock.as_fd(), MsgFlags::empty())? {
             Some((SpawnReply::Pid(pid), _)) => Ok(pid),
             Some((SpawnReply::Error(e), _)) => Err(ZygoteError::Clone(e)),
@@ -107,15 +111,17 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
         let _ = unsafe { signal(s, SigHandler::SigDfl) };
     }
     loop {
-        let (req, mut fds) = match recv::<SpawnRequest>(sock.as_fd(), MsgFlags::empty()) {
+        let (req, fds) = match recv::<SpawnRequest>(sock.as_fd(), MsgFlags::empty()) {
             Ok(Some(m)) => m,
             // The shim closed its end or is gone: nothing more to serve.
             Ok(None) | Err(_) => unsafe_exit(0),
         };
-        let Some(child_sync) = fds.pop() else {
-            let _ = send(sock.as_fd(), &SpawnReply::Error("request without sync socket".into()), &[]);
+        // [sync, stdin, stdout, stderr], in the order `spawn` sent them.
+        let Ok([child_sync, stdin, stdout, stderr]) = <[OwnedFd; 4]>::try_from(fds) else {
+            let _ = send(sock.as_fd(), &SpawnReply::Error("request without its four descriptors".into()), &[]);
             continue;
         };
+        let stdio = [stdin, stdout, stderr];
         // A pid namespace joined by path applies only to children of the caller: enter it
         // here around the clone, and come back to our own afterwards.
         let join_pid = match req.plan.join_ns.iter().find(|(f, _)| *f == libc::CLONE_NEWPID) {
@@ -135,9 +141,10 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
         let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
         if pid == 0 {
             drop(sock);
-            crate::child::container_init(req.plan, child_sync, &payload);
+            crate::child::container_init(req.plan, child_sync, stdio, &payload);
         }
         drop(child_sync);
+        drop(stdio);
         if let Some(own) = join_pid {
             if let Err(e) = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID) {
                 // Later containers would land in the wrong pid namespace: stop serving.
