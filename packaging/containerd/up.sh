@@ -16,8 +16,9 @@ if [ -S "$sock" ] && ctr --address "$sock" version >/dev/null 2>&1; then
   # Up, but running shims from another checkout: restart it on this one.
   "$here/down.sh"
 fi
-# State of a containerd that is gone (its mounts died with its namespace) is stale.
-rm -rf /run/wshim/containerd
+# State of a containerd that is gone (its mounts died with its namespace) is stale, unless
+# this is a restart while its shims run on (restart.sh).
+[ -n "${KEEP_STATE:-}" ] || rm -rf /run/wshim/containerd
 echo "$bin" > /run/wshim/containerd.bin
 sed "s|@BIN@|$bin|g" "$here/config.toml.in" > /run/wshim/containerd.toml
 PATH="$bin:$PATH" setsid containerd --config /run/wshim/containerd.toml \

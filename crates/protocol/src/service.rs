@@ -98,7 +98,10 @@ struct Inner {
     tasks: Mutex<HashMap<String, Task>>,
     changed: Condvar,
     zygote: Arc<Zygote>,
-    publisher: RemotePublisher,
+    /// Replaced by a new connection when containerd restarted (the old one is dead).
+    publisher: Mutex<RemotePublisher>,
+    /// containerd's ttrpc address, to reconnect to.
+    events_address: String,
     namespace: String,
     exit: Arc<ExitSignal>,
     cgroup_root: PathBuf,
@@ -133,7 +136,8 @@ impl TaskService {
                 tasks: Mutex::new(HashMap::new()),
                 changed: Condvar::new(),
                 zygote,
-                publisher,
+                publisher: Mutex::new(publisher),
+                events_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
                 namespace,
                 exit,
                 cgroup_root: PathBuf::from(CGROUP_ROOT),
@@ -170,8 +174,19 @@ impl TaskService {
     }
 
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self.inner.publisher.publish(Context::default(), topic, &self.inner.namespace, event) {
-            warn!(topic, error:% = e; "publish failed");
+        let mut publisher = self.inner.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let Err(e) = publisher.publish(Context::default(), topic, &self.inner.namespace, event.clone_box()) else { return };
+        // containerd restarted: its new instance listens at the same address.
+        match RemotePublisher::new(&self.inner.events_address) {
+            Ok(fresh) => {
+                *publisher = fresh;
+                if let Err(e2) = publisher.publish(Context::default(), topic, &self.inner.namespace, event) {
+                    warn!(topic, error:% = e, retry_error:% = e2; "publish failed");
+                } else {
+                    info!(topic, address = self.inner.events_address.as_str(); "reconnected to containerd for events");
+                }
+            }
+            Err(e2) => warn!(topic, error:% = e, reconnect_error:% = e2; "publish failed"),
         }
     }
 
