@@ -242,3 +242,27 @@ pub fn signal_running(image_name: &str, id: &str, signal: &str) -> Run {
 pub fn daemon_pids(id: &str) -> Vec<i32> {
     shims_of(id).iter().filter(|s| s.split_whitespace().nth(1).is_some_and(|a0| a0.ends_with("-daemon"))).map(|s| s.split(':').next().unwrap().parse().unwrap()).collect()
 }
+
+/// Tasks.Update through containerd's gRPC API (ctr 1.7 has no command for it, and Debian 13
+/// no crictl): `resources` is a runtime-spec LinuxResources in JSON, as containerd's clients
+/// send it. Returns containerd's error message on failure.
+pub fn update_task(id: &str, resources: &str) -> Result<(), String> {
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    use containerd_client::services::v1::UpdateTaskRequest;
+    require_env();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async {
+        let channel = containerd_client::connect(SOCK).await.map_err(|e| format!("connect {SOCK}: {e}"))?;
+        let req = UpdateTaskRequest {
+            container_id: id.to_string(),
+            resources: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: resources.as_bytes().to_vec(),
+            }),
+            ..Default::default()
+        };
+        let mut req = containerd_client::tonic::Request::new(req);
+        req.metadata_mut().insert("containerd-namespace", "default".parse().expect("ascii"));
+        TasksClient::new(channel).update(req).await.map(|_| ()).map_err(|s| s.message().to_string())
+    })
+}

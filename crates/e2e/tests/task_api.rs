@@ -180,3 +180,32 @@ fn checkpoint_answers_unimplemented() {
     assert_ne!(e.code, 0, "{e:?}");
     assert!(e.stderr.contains("Checkpoint: not supported by the wasmedge shim") && e.stderr.contains("not implemented"), "{e:?}");
 }
+
+#[test]
+fn update_changes_the_limits_of_a_running_container() {
+    let id = "e2e-update";
+    pause_container(id, &["--memory-limit", "268435456"]);
+    let memory = || std::fs::read_to_string(format!("/sys/fs/cgroup/memory/default/{id}/memory.limit_in_bytes")).unwrap().trim().to_string();
+    let before = memory();
+    let ok = update_task(id, r#"{"memory": {"limit": 134217728}, "cpu": {"quota": 50000, "period": 100000}, "pids": {"limit": 42}}"#);
+    let after = memory();
+    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/default/{id}/cpu.cfs_quota_us")).unwrap();
+    let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/default/{id}/pids.max")).unwrap();
+    // Bad values and fields we cannot apply are refused, naming the field; nothing changes.
+    let zero = update_task(id, r#"{"memory": {"limit": 0}}"#);
+    let rdma = update_task(id, r#"{"rdma": {"mlx5_1": {"hcaHandles": 3}}}"#);
+    let garbage = update_task(id, r#"{"memory": "lots"}"#);
+    let unchanged = memory();
+    let still = task_status(id);
+    kill_and_remove(id);
+    assert_eq!(before, "268435456");
+    assert_eq!(ok, Ok(()));
+    assert_eq!(after, "134217728");
+    assert_eq!(quota.trim(), "50000");
+    assert_eq!(pids.trim(), "42");
+    assert!(zero.as_ref().is_err_and(|e| e.contains("linux.resources.memory.limit")), "{zero:?}");
+    assert!(rdma.as_ref().is_err_and(|e| e.contains("linux.resources.rdma")), "{rdma:?}");
+    assert!(garbage.as_ref().is_err_and(|e| e.contains("linux.resources")), "{garbage:?}");
+    assert_eq!(unchanged, "134217728");
+    assert_eq!(still.map(|s| s.1), Some("RUNNING".to_string()));
+}
