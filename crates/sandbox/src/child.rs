@@ -41,6 +41,9 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
     }
     // A session of its own: signals to the shim's process group must not reach the container.
     setsid().ctx(Step::Session, "setsid")?;
+    // In a new user namespace, nothing below may run before the shim mapped our ids and
+    // set the limits we can no longer set ourselves (userns.rs).
+    crate::userns::wait_for_parent(plan, sync)?;
     // A wasm process is a clone of the fork server: without this, `ps` would show the
     // shim's command line for every container. While the host's /proc is still visible.
     if !plan.is_native() {
@@ -70,6 +73,9 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
     }
     open_stdio(plan)?;
 
+    // Host-owned files are behind us (cgroupfs, FIFOs); what the rootfs setup creates must
+    // belong to the container's root.
+    crate::userns::become_root(plan)?;
     mounts::setup_rootfs(plan)?;
 
     if let Some(h) = &plan.hostname {
