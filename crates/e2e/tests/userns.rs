@@ -1,0 +1,121 @@
+//! User namespaces (`linux.uidMappings` / `gidMappings`) against runc. `ctr run --uidmap`
+//! only applies to images, so these tests write the spec: ctr's default (`ctr oci spec`)
+//! plus a user namespace mapping container ids 0..65536 to host ids 100000.., run with
+//! `ctr run --config`. Container ids are prefixed `e2e-userns-`.
+
+use std::path::PathBuf;
+
+use wshim_e2e::*;
+
+const RUNC: &str = "io.containerd.runc.v2";
+
+/// ctr's default spec for `args` in `rootfs`, with a new user namespace and `edit` applied;
+/// written under target/e2e-userns/, returns its path.
+fn spec(id: &str, rootfs: &str, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let out = ctr(&["oci", "spec"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut s: serde_json::Value = serde_json::from_str(&out.stdout).expect("ctr oci spec prints JSON");
+    s["process"]["args"] = serde_json::json!(args);
+    s["process"]["env"] = serde_json::json!(["PATH=/"]);
+    s["root"] = serde_json::json!({"path": bundles().join("native").join(rootfs)});
+    let linux = &mut s["linux"];
+    linux["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "user"}));
+    linux["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    linux["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    // Where assert_nothing_left looks for leftover cgroups.
+    linux["cgroupsPath"] = serde_json::json!(format!("/default/{id}"));
+    edit(&mut s);
+    let dir = repo().join("target/e2e-userns");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{id}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
+    path
+}
+
+fn run_spec(runtime: &str, id: &str, spec: &std::path::Path, detach: bool) -> Run {
+    remove(id);
+    let out = ctr(&["run", if detach { "-d" } else { "--rm" }, "--runtime", runtime, "--config", spec.to_str().unwrap(), id]);
+    if !detach {
+        assert_nothing_left(id);
+    }
+    out
+}
+
+fn probe(runtime: &str, id: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<String> {
+    let s = spec(id, "rootfs-probe", &["/probe"], edit);
+    let r = run_spec(runtime, id, &s, false);
+    assert_eq!(r.code, 0, "{runtime}: {r:?}");
+    r.stdout.lines().map(str::to_string).collect()
+}
+
+fn field<'a>(report: &'a [String], key: &str) -> &'a str {
+    report.iter().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("no {key} in {report:?}"))
+}
+
+#[test]
+fn a_user_namespace_matches_runc() {
+    let ours = probe(RUNTIME, "e2e-userns-probe-ours", |_| {});
+    let runc = probe(RUNC, "e2e-userns-probe-runc", |_| {});
+    assert_eq!(ours, runc, "ours vs runc");
+    assert_eq!(field(&ours, "uid_map"), "0 100000 65536");
+    assert_eq!(field(&ours, "gid_map"), "0 100000 65536");
+    assert_eq!(field(&ours, "uid"), "0");
+    assert_eq!(field(&ours, "CapEff"), "00000000a80425fb", "ctr's default capabilities, over the namespace");
+    assert_eq!(field(&ours, "fds"), "0,1,2");
+}
+
+#[test]
+fn a_user_inside_the_user_namespace_matches_runc() {
+    let user = |s: &mut serde_json::Value| s["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [5]});
+    let ours = probe(RUNTIME, "e2e-userns-user-ours", user);
+    let runc = probe(RUNC, "e2e-userns-user-runc", user);
+    assert_eq!(ours, runc, "ours vs runc");
+    assert_eq!(field(&ours, "uid"), "1000");
+    assert_eq!(field(&ours, "groups"), "5");
+    assert_eq!(field(&ours, "CapEff"), "0000000000000000");
+}
+
+/// Seen from the host, the container's root is host uid 100000, with runc as with us.
+#[test]
+fn the_container_root_is_the_mapped_host_uid() {
+    for (runtime, id) in [(RUNTIME, "e2e-userns-host-ours"), (RUNC, "e2e-userns-host-runc")] {
+        let s = spec(id, "rootfs-pause", &["/pause"], |_| {});
+        let r = run_spec(runtime, id, &s, true);
+        assert_eq!(r.code, 0, "{runtime}: {r:?}");
+        let pid = wait_status(id, "RUNNING", 10);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let ids = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).unwrap().split_whitespace().collect::<Vec<_>>();
+        let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+        kill_and_remove(id);
+        assert_eq!(ids("Uid:"), ["100000"; 4], "{runtime}");
+        assert_eq!(ids("Gid:"), ["100000"; 4], "{runtime}");
+        assert_eq!(uid_map.split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"], "{runtime}");
+    }
+}
+
+#[test]
+fn bad_mappings_are_refused_naming_the_field() {
+    let cases: [(&str, fn(&mut serde_json::Value), &str); 2] = [
+        (
+            "e2e-userns-bad-nons",
+            |s| {
+                let ns = s["linux"]["namespaces"].as_array_mut().unwrap();
+                ns.retain(|n| n["type"] != "user");
+            },
+            "linux.uidMappings: invalid value \"0 100000 65536\": mappings without a user namespace",
+        ),
+        (
+            "e2e-userns-bad-overlap",
+            |s| {
+                s["linux"]["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}, {"containerID": 100, "hostID": 300000, "size": 1}])
+            },
+            "linux.gidMappings[1]: invalid value \"containerID 100 hostID 300000 size 1\": its containerID range overlaps linux.gidMappings[0]",
+        ),
+    ];
+    for (id, edit, want) in cases {
+        let s = spec(id, "rootfs-probe", &["/probe"], edit);
+        let r = run_spec(RUNTIME, id, &s, false);
+        assert_ne!(r.code, 0, "{r:?}");
+        assert!(r.stderr.contains(want), "expected {want:?} in {r:?}");
+    }
+}
