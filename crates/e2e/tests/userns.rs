@@ -119,3 +119,14 @@ fn bad_mappings_are_refused_naming_the_field() {
         assert!(r.stderr.contains(want), "expected {want:?} in {r:?}");
     }
 }
+
+/// A wasm image through ctr's own --uidmap (which also remaps the image's snapshot).
+#[test]
+fn wasm_runs_in_a_user_namespace() {
+    let maps = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+    let r = run_wasm("cat", "e2e-userns-wasm", &maps, &["/cat.wasm", "/proc/self/uid_map", "/data/message.txt"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"], "{r:?}");
+    assert_eq!(lines[1], "this file was read from the image's layer");
+}
