@@ -130,3 +130,27 @@ fn wasm_runs_in_a_user_namespace() {
     assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"], "{r:?}");
     assert_eq!(lines[1], "this file was read from the image's layer");
 }
+
+/// A bind mount whose source is nosuid/nodev/noexec, asked to be only `ro`: in a user
+/// namespace those flags are locked, and the remount must keep them instead of failing with
+/// EPERM. The source is a tmpfs made in containerd's mount namespace. (runc 1.1.15 fails
+/// here with "operation not permitted"; later runc and crun keep the locked flags.)
+#[test]
+fn a_bind_mount_keeps_the_locked_flags_of_its_source() {
+    let containerd = std::fs::read_to_string("/run/wshim/containerd.pid").unwrap().trim().to_string();
+    let src = format!("/run/wshim/e2e-userns-locked-{}", std::process::id());
+    let in_containerd_ns = |args: &[&str]| {
+        let out = std::process::Command::new("nsenter").args(["-t", &containerd, "-m", "--"]).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    in_containerd_ns(&["mkdir", "-p", &src]);
+    in_containerd_ns(&["mount", "-t", "tmpfs", "-o", "nosuid,nodev,noexec,size=64k", "tmpfs", &src]);
+    let bind = |s: &mut serde_json::Value| {
+        s["mounts"].as_array_mut().unwrap().push(serde_json::json!({"destination": "/run/locked", "type": "bind", "source": src, "options": ["rbind", "ro"]}))
+    };
+    let ours = std::panic::catch_unwind(|| probe(RUNTIME, "e2e-userns-locked-ours", bind));
+    in_containerd_ns(&["umount", &src]);
+    in_containerd_ns(&["rmdir", &src]);
+    let ours = ours.expect("ours runs");
+    assert_eq!(field(&ours, "uid_map"), "0 100000 65536");
+}
