@@ -95,7 +95,8 @@ fn the_container_root_is_the_mapped_host_uid() {
 
 #[test]
 fn bad_mappings_are_refused_naming_the_field() {
-    let cases: [(&str, fn(&mut serde_json::Value), &str); 2] = [
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 2] = [
         (
             "e2e-userns-bad-nons",
             |s| {
