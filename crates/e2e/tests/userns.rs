@@ -155,3 +155,20 @@ fn a_bind_mount_keeps_the_locked_flags_of_its_source() {
     let ours = ours.expect("ours runs");
     assert_eq!(field(&ours, "uid_map"), "0 100000 65536");
 }
+
+/// What CRI specs add: a cgroup namespace (made inside the user namespace, after the cgroup
+/// is joined) and a read-only `cgroup` mount, plus a sysctl of the container's own network
+/// namespace.
+#[test]
+fn a_cgroup_namespace_and_mount_inside_the_user_namespace_match_runc() {
+    let cri = |s: &mut serde_json::Value| {
+        s["linux"]["namespaces"].as_array_mut().unwrap().push(serde_json::json!({"type": "cgroup"}));
+        s["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_unprivileged_port_start": "0"});
+        s["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]
+        }));
+    };
+    let ours = probe(RUNTIME, "e2e-userns-cgns-ours", cri);
+    let runc = probe(RUNC, "e2e-userns-cgns-runc", cri);
+    assert_eq!(ours, runc, "ours vs runc");
+}

@@ -93,6 +93,8 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
         let p = Path::new("/proc/sys").join(k.replace('.', "/"));
         std::fs::write(&p, v).ctx(Step::Sysctl, k)?;
     }
+    // Only now: /proc/sys is usually one of the read-only paths.
+    mounts::protect_paths(plan)?;
     for &(res, soft, hard) in &plan.rlimits {
         let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
         // SAFETY: setrlimit reads the struct we pass.

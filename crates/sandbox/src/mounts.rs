@@ -69,15 +69,21 @@ pub(crate) fn setup_rootfs(plan: &Plan) -> Result<(), SetupError> {
     let prop = MsFlags::from_bits_truncate(plan.rootfs_propagation);
     mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).ctx(Step::PivotRoot, "set rootfsPropagation")?;
 
-    for p in &plan.masked_paths {
-        mask_path(p)?;
-    }
-    for p in &plan.readonly_paths {
-        readonly_path(p)?;
-    }
     if plan.readonly_root {
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
             .ctx(Step::Mounts, "root.readonly")?;
+    }
+    Ok(())
+}
+
+/// `linux.readonlyPaths`, then `linux.maskedPaths` (runc's order). After the sysctls are
+/// written: /proc/sys is usually among the read-only paths.
+pub(crate) fn protect_paths(plan: &Plan) -> Result<(), SetupError> {
+    for p in &plan.readonly_paths {
+        readonly_path(p)?;
+    }
+    for p in &plan.masked_paths {
+        mask_path(p)?;
     }
     Ok(())
 }
