@@ -172,3 +172,48 @@ fn a_cgroup_namespace_and_mount_inside_the_user_namespace_match_runc() {
     let runc = probe(RUNC, "e2e-userns-cgns-runc", cri);
     assert_eq!(ours, runc, "ours vs runc");
 }
+
+/// A pod's way: a sandbox container makes the user and network namespaces, another one joins
+/// both by path and makes its own mount, pid, ipc and uts namespaces inside that user
+/// namespace. Both runtimes join the same sandbox (ours).
+#[test]
+fn a_user_namespace_joined_by_path_matches_runc() {
+    let sandbox = "e2e-userns-join-sandbox";
+    let s = spec(sandbox, "rootfs-pause", &["/pause"], |_| {});
+    let r = run_spec(RUNTIME, sandbox, &s, true);
+    assert_eq!(r.code, 0, "{r:?}");
+    let pid = wait_status(sandbox, "RUNNING", 10);
+    let join = |s: &mut serde_json::Value| {
+        for ns in s["linux"]["namespaces"].as_array_mut().unwrap() {
+            match ns["type"].as_str().unwrap() {
+                "user" => ns["path"] = serde_json::json!(format!("/proc/{pid}/ns/user")),
+                "network" => ns["path"] = serde_json::json!(format!("/proc/{pid}/ns/net")),
+                _ => {}
+            }
+        }
+    };
+    let ours = std::panic::catch_unwind(|| probe(RUNTIME, "e2e-userns-join-ours", join));
+    let runc = std::panic::catch_unwind(|| probe(RUNC, "e2e-userns-join-runc", join));
+    let sandbox_userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    // And a long-lived joiner, to compare namespaces from the host: the sandbox's user and
+    // network namespace, a mount namespace of its own.
+    let joiner = "e2e-userns-join-pause";
+    let s = spec(joiner, "rootfs-pause", &["/pause"], join);
+    let r = run_spec(RUNTIME, joiner, &s, true);
+    let joined = (r.code == 0).then(|| {
+        let jpid = wait_status(joiner, "RUNNING", 10);
+        let ns = |p: u32, n: &str| std::fs::read_link(format!("/proc/{p}/ns/{n}")).unwrap();
+        (ns(jpid, "user") == ns(pid, "user"), ns(jpid, "net") == ns(pid, "net"), ns(jpid, "mnt") == ns(pid, "mnt"))
+    });
+    if r.code == 0 {
+        kill_and_remove(joiner);
+    }
+    kill_and_remove(sandbox);
+    assert_eq!(joined, Some((true, true, false)), "joiner {r:?}: (same user ns, same net ns, same mount ns)");
+    let (ours, runc) = (ours.expect("ours"), runc.expect("runc"));
+    assert_eq!(ours, runc, "ours vs runc");
+    assert_eq!(field(&ours, "uid_map"), "0 100000 65536");
+    assert_eq!(field(&ours, "pid"), "1", "a pid namespace of its own");
+    assert!(sandbox_userns.to_string_lossy().starts_with("user:["), "{sandbox_userns:?}");
+    assert_ne!(sandbox_userns, std::fs::read_link("/proc/self/ns/user").unwrap(), "the sandbox has a user namespace of its own");
+}

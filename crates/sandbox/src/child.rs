@@ -58,8 +58,9 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
 
     // Namespaces given by path (a pod's shared ones). Before any mount work, so a joined
     // mount namespace is the one the container's mounts go into.
-    // (A pid namespace was joined by the fork server, before the clone.)
-    for (flag, path) in plan.join_ns.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID) {
+    // (A pid namespace was joined by the fork server, before the clone; a user namespace by
+    // the process that cloned us, see userns::clone_in_userns.)
+    for (flag, path) in plan.join_ns.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID && *f != libc::CLONE_NEWUSER) {
         let f = std::fs::File::open(path).ctx(Step::JoinNamespace, path.display())?;
         setns(f.as_fd(), CloneFlags::from_bits_truncate(*flag)).ctx(Step::JoinNamespace, path.display())?;
     }

@@ -51,8 +51,8 @@ pub fn create_container(mut plan: Plan, zygote: &Zygote, cgroup_root: &Path) -> 
     // The fork server clones the process; it is our child (CLONE_PARENT), so our reaper
     // sees its exit. The child's end of the socketpair went with the request.
     let pid = zygote.spawn(&plan, theirs).map_err(|e| fail(e.into(), &cgroup))?;
-    // A new user namespace: the child waits for us to map its ids (userns.rs).
-    if plan.new_userns() {
+    // In a user namespace the child waits for us to map its ids and set its limits (userns.rs).
+    if plan.in_userns() {
         if let Err(e) = crate::userns::set_up_from_parent(pid, &plan, ours.as_fd()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             return Err((e.into(), Some(cgroup)));

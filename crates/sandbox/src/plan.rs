@@ -166,11 +166,6 @@ impl Plan {
             };
             match ns.path() {
                 Some(p) if !p.as_os_str().is_empty() => {
-                    // The other namespaces would have to be made after joining it, which a
-                    // single clone(2) from the fork server cannot do.
-                    if flag == CloneFlags::CLONE_NEWUSER {
-                        return Err(unsupported(format!("linux.namespaces[{i}].path (user)"), "joining a user namespace by path is not implemented"));
-                    }
                     if !p.exists() {
                         return Err(invalid(format!("linux.namespaces[{i}].path"), p.display().to_string(), "no such file"));
                     }
@@ -330,6 +325,36 @@ impl Plan {
     pub fn new_userns(&self) -> bool {
         self.clone_flags().contains(CloneFlags::CLONE_NEWUSER)
     }
+
+    /// The user namespace joined by path (a pod's), if any.
+    pub fn join_userns(&self) -> Option<&Path> {
+        self.join_ns.iter().find(|(f, _)| *f == libc::CLONE_NEWUSER).map(|(_, p)| p.as_path())
+    }
+
+    /// The process runs in a user namespace other than the shim's, new or joined.
+    pub fn in_userns(&self) -> bool {
+        self.new_userns() || self.join_userns().is_some()
+    }
+}
+
+/// `process.user` must be mapped by the mappings given (none given: nothing to check).
+fn check_user_mapped(user: &oci_spec::runtime::User, uids: &[crate::userns::IdMap], gids: &[crate::userns::IdMap]) -> Result<(), PlanError> {
+    use crate::userns::maps_id;
+    if !uids.is_empty() && !maps_id(uids, user.uid()) {
+        return Err(invalid("process.user.uid", user.uid().to_string(), "not mapped by linux.uidMappings"));
+    }
+    if gids.is_empty() {
+        return Ok(());
+    }
+    if !maps_id(gids, user.gid()) {
+        return Err(invalid("process.user.gid", user.gid().to_string(), "not mapped by linux.gidMappings"));
+    }
+    for (i, g) in user.additional_gids().as_deref().unwrap_or_default().iter().enumerate() {
+        if !maps_id(gids, *g) {
+            return Err(invalid(format!("process.user.additionalGids[{i}]"), g.to_string(), "not mapped by linux.gidMappings"));
+        }
+    }
+    Ok(())
 }
 
 /// `linux.uidMappings` / `linux.gidMappings` against `linux.namespaces` and `process.user`.
@@ -342,12 +367,28 @@ fn check_user_namespace(
     use crate::userns::{check_mappings, maps_id};
     let uids = check_mappings("linux.uidMappings", linux.uid_mappings().as_deref().unwrap_or_default())?;
     let gids = check_mappings("linux.gidMappings", linux.gid_mappings().as_deref().unwrap_or_default())?;
-    if !clone_flags.contains(CloneFlags::CLONE_NEWUSER) {
+    let joined = join_ns.iter().any(|(f, _)| *f == libc::CLONE_NEWUSER);
+    if !clone_flags.contains(CloneFlags::CLONE_NEWUSER) && !joined {
         for (field, maps) in [("linux.uidMappings", &uids), ("linux.gidMappings", &gids)] {
             if !maps.is_empty() {
                 return Err(invalid(field, crate::userns::map_text(maps).trim(), "mappings without a user namespace in linux.namespaces"));
             }
         }
+        return Ok((uids, gids));
+    }
+    if joined {
+        // The joined namespace has its maps already; mappings given along (as CRI does) only
+        // describe them, and can be checked against process.user.
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        for (i, ns) in namespaces.iter().enumerate() {
+            if ns.typ() == LinuxNamespaceType::Pid && ns.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty()) {
+                return Err(unsupported(
+                    format!("linux.namespaces[{i}].path"),
+                    "joining a pid namespace by path together with a user namespace joined by path is not implemented",
+                ));
+            }
+        }
+        check_user_mapped(user, &uids, &gids)?;
         return Ok((uids, gids));
     }
     // The namespace's root sets the container up (as with runc, which needs it mapped too).
@@ -359,17 +400,7 @@ fn check_user_namespace(
             return Err(invalid(field, crate::userns::map_text(maps).trim(), "the container's root (0) is not mapped"));
         }
     }
-    if !maps_id(&uids, user.uid()) {
-        return Err(invalid("process.user.uid", user.uid().to_string(), "not mapped by linux.uidMappings"));
-    }
-    if !maps_id(&gids, user.gid()) {
-        return Err(invalid("process.user.gid", user.gid().to_string(), "not mapped by linux.gidMappings"));
-    }
-    for (i, g) in user.additional_gids().as_deref().unwrap_or_default().iter().enumerate() {
-        if !maps_id(&gids, *g) {
-            return Err(invalid(format!("process.user.additionalGids[{i}]"), g.to_string(), "not mapped by linux.gidMappings"));
-        }
-    }
+    check_user_mapped(user, &uids, &gids)?;
     // Namespaces joined by path belong to another user namespace; ours would hold no
     // capability over them (runc joins them before unsharing the user namespace).
     if !join_ns.is_empty() {
@@ -595,7 +626,10 @@ mod tests {
             (serde_json::json!({"process": {"terminal": true}}), "process.terminal"),
             (serde_json::json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/x"}}}), "linux.seccomp.listenerPath"),
             (serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "time"}]}}), "linux.namespaces[1] (time)"),
-            (serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user", "path": "/proc/self/ns/user"}]}}), "linux.namespaces[1].path (user)"),
+            (
+                serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user", "path": "/proc/self/ns/user"}, {"type": "pid", "path": "/proc/self/ns/pid"}]}}),
+                "linux.namespaces[2].path",
+            ),
             (
                 serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}, {"type": "network", "path": "/proc/self/ns/net"}],
                     "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}], "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}}),
@@ -631,6 +665,18 @@ mod tests {
         assert_eq!(p.uid_mappings, vec![crate::userns::IdMap { container_id: 0, host_id: 100000, size: 65536 }]);
         assert_eq!(p.gid_mappings, p.uid_mappings);
         assert!(!plan(serde_json::json!({})).unwrap().new_userns());
+    }
+
+    #[test]
+    fn a_user_namespace_joined_by_path_is_planned() {
+        let p = plan(userns(serde_json::json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/self/ns/user"}, {"type": "mount"}, {"type": "pid"}]}})))
+            .unwrap();
+        assert!(!p.new_userns() && p.in_userns());
+        assert_eq!(p.join_userns(), Some(Path::new("/proc/self/ns/user")));
+        assert!(!p.clone_flags().contains(CloneFlags::CLONE_NEWUSER));
+        // Mappings given along only describe the joined namespace; they may be absent.
+        let p = plan(serde_json::json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/self/ns/user"}, {"type": "mount"}]}})).unwrap();
+        assert!(p.in_userns() && p.uid_mappings.is_empty());
     }
 
     #[test]

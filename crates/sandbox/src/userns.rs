@@ -15,6 +15,11 @@
 //!    ([`become_root`]) before building the rootfs, so what it creates there is owned by the
 //!    container's root, as with runc;
 //! 4. device nodes cannot be made in a user namespace: `mounts` binds the host's nodes.
+//!
+//! A user namespace joined by path (a pod's) must be entered before the new namespaces are
+//! made, so they belong to it; the fork server cannot enter it (there is no way back), so
+//! [`clone_in_userns`] clones a short-lived intermediate that enters it and clones the
+//! container process from there. Steps 2 and 3 then run as above, without writing maps.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -84,8 +89,10 @@ pub(crate) fn map_text(maps: &[IdMap]) -> String {
 /// Shim side, step 2: maps the ids of container process `pid` (in a new user namespace),
 /// applies what it can no longer apply itself, then lets it go on. An error names the field.
 pub(crate) fn set_up_from_parent(pid: i32, plan: &Plan, sync: BorrowedFd<'_>) -> Result<(), SetupError> {
-    // uid_map and gid_map take one write(2) each, all lines at once.
-    for (file, field, maps) in [("uid_map", "linux.uidMappings", &plan.uid_mappings), ("gid_map", "linux.gidMappings", &plan.gid_mappings)] {
+    // uid_map and gid_map take one write(2) each, all lines at once. A joined namespace has
+    // its maps already.
+    let maps = if plan.new_userns() { [("uid_map", "linux.uidMappings", &plan.uid_mappings), ("gid_map", "linux.gidMappings", &plan.gid_mappings)].to_vec() } else { Vec::new() };
+    for (file, field, maps) in maps {
         let path = format!("/proc/{pid}/{file}");
         std::fs::write(&path, map_text(maps)).ctx(Step::UserNamespace, format!("{field}: write {path}"))?;
     }
@@ -113,7 +120,7 @@ pub(crate) fn set_up_from_parent(pid: i32, plan: &Plan, sync: BorrowedFd<'_>) ->
 
 /// Child side, step 1: waits until the shim mapped our ids. First thing after clone.
 pub(crate) fn wait_for_parent(plan: &Plan, sync: &std::os::fd::OwnedFd) -> Result<(), SetupError> {
-    if !plan.new_userns() {
+    if !plan.in_userns() {
         return Ok(());
     }
     match recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()) {
@@ -127,7 +134,7 @@ pub(crate) fn wait_for_parent(plan: &Plan, sync: &std::os::fd::OwnedFd) -> Resul
 /// Child side, step 3: from host root (unmapped here, yet holding every capability in the
 /// namespace) to the namespace's root. Capabilities stay: a change to uid 0 keeps them.
 pub(crate) fn become_root(plan: &Plan) -> Result<(), SetupError> {
-    if !plan.new_userns() {
+    if !plan.in_userns() {
         return Ok(());
     }
     // Host root's supplementary groups are unmapped here; drop them before the gid change.
@@ -135,6 +142,65 @@ pub(crate) fn become_root(plan: &Plan) -> Result<(), SetupError> {
     nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).ctx(Step::UserNamespace, "setresgid 0")?;
     nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).ctx(Step::UserNamespace, "setresuid 0")?;
     Ok(())
+}
+
+/// For the fork server: like a fork-style clone(2) with `flags` (which include CLONE_PARENT),
+/// but the new process starts inside the user namespace at `path`, and the namespaces
+/// `flags` asks for are made by the kernel as that namespace's. Returns 0 in the new process,
+/// its pid in the caller, or -1 with errno set.
+///
+/// An intermediate, cloned with CLONE_PARENT (so the shim reaps it, as it ignores exits of
+/// pids that are not containers), enters the namespace, clones the container process (again
+/// CLONE_PARENT: a child of the shim), writes its pid down a pipe and exits.
+pub(crate) fn clone_in_userns(path: &std::path::Path, flags: libc::c_int) -> libc::c_long {
+    let (r, w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            nix::errno::Errno::set(e);
+            return -1;
+        }
+    };
+    // SAFETY: a fork-style raw clone (no CLONE_VM, no new stack) of the single-threaded fork
+    // server: the child runs on a copy of its memory and returns 0 here.
+    let mid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    if mid < 0 {
+        return -1;
+    }
+    if mid == 0 {
+        drop(r);
+        let pid: i64 = match std::fs::File::open(path).and_then(|f| nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWUSER).map_err(Into::into)) {
+            Err(e) => -(e.raw_os_error().unwrap_or(libc::EPERM) as i64),
+            // SAFETY: as above, from this (single-threaded) intermediate.
+            Ok(()) => match unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) } {
+                0 => {
+                    // The container process: the pipe is not for it.
+                    drop(w);
+                    return 0;
+                }
+                p if p < 0 => -(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPERM) as i64),
+                p => p,
+            },
+        };
+        let _ = nix::unistd::write(&w, &pid.to_ne_bytes());
+        // SAFETY: _exit skips the fork server's destructors and atexit handlers.
+        unsafe { libc::_exit(0) }
+    }
+    drop(w);
+    let mut buf = [0u8; 8];
+    match nix::unistd::read(&r, &mut buf) {
+        Ok(8) => match i64::from_ne_bytes(buf) {
+            p if p > 0 => p,
+            e => {
+                nix::errno::Errno::set_raw((-e) as i32);
+                -1
+            }
+        },
+        // The intermediate died without a word.
+        _ => {
+            nix::errno::Errno::set(nix::errno::Errno::ECHILD);
+            -1
+        }
+    }
 }
 
 #[cfg(test)]
