@@ -41,7 +41,7 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
     }
     // A session of its own: signals to the shim's process group must not reach the container.
     setsid().ctx(Step::Session, "setsid")?;
-    // In a new user namespace, nothing below may run before the shim mapped our ids and
+    // In a user namespace (new or joined), nothing below may run before the shim mapped our ids and
     // set the limits we can no longer set ourselves (userns.rs).
     crate::userns::wait_for_parent(plan, sync)?;
     // A wasm process is a clone of the fork server: without this, `ps` would show the
