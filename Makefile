@@ -10,11 +10,16 @@ CTR := ctr --address $(SOCK)
 RUNTIME := io.containerd.wasmedge.v1
 export WSHIM_BIN := $(BIN)
 
-.PHONY: env in-env build bundles containerd-up containerd-down ctr demo test unit-test e2e-test bench clean
+
+.PHONY: env env-clean in-env build bundles containerd-up containerd-down ctr demo test unit-test e2e-test bench clean
 
 ## env: build (once) the Debian 13 environment
 env:
 	@$(REPO)/packaging/env/mkenv.sh >/dev/null
+
+## env-clean: remove every environment root but the current one (none may be in use)
+env-clean:
+	@cur=$$($(REPO)/packaging/env/mkenv.sh); for r in $$(dirname $$cur)/trixie-*; do [ "$$r" = "$$cur" ] || rm -rf --one-file-system "$$r"; done
 
 ## in-env CMD='...': run a command inside the environment, as root, repo at the same path
 in-env: env

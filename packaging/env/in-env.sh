@@ -28,8 +28,14 @@ for d in run/wshim run/containerd var/lib/wshim; do
   mkdir -p "$root/$d" "$root/$d-$key"
   mount --bind "$root/$d-$key" "$root/$d"
 done
-cd "$root$repo"
-exec chroot "$root" /usr/bin/env -i \
+# pivot_root, not chroot: the kernel refuses new user namespaces to a chrooted process
+# (unshare(CLONE_NEWUSER) gives EPERM), and containers with linux.uidMappings need them.
+mkdir -p "$root/.oldroot"
+cd "$root"
+pivot_root . .oldroot
+umount -l /.oldroot
+cd "$repo"
+exec /usr/bin/env -i \
   HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   TERM="${TERM:-dumb}" CARGO_HOME=/root/.cargo RUSTUP_HOME=/root/.rustup RUSTUP_AUTO_INSTALL=0 \
   WASMEDGE_INCLUDE_DIR=/usr/include WASMEDGE_LIB_DIR=/usr/lib/x86_64-linux-gnu \

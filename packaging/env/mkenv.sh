@@ -42,8 +42,6 @@ cp /etc/ssl/certs/ca-certificates.crt "$tmp/etc/ssl/certs/ca-certificates.crt"
 mkdir -p "$tmp/root/.cargo" "$tmp/root/.rustup"
 touch "$tmp/.wshim-ready"
 mv "$tmp" "$root"
-# Older roots of this recipe are no longer used.
-for old in "$base"/trixie-*; do
-  [ "$old" = "$root" ] || rm -rf --one-file-system "$old"
-done
+# Older roots are left alone: another checkout (a git worktree on another recipe) may be
+# running its containerd in one. `make env-clean` removes all but this one.
 echo "$root"

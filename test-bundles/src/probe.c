@@ -1,6 +1,7 @@
 /* probe: reports, as key=value lines, what a process sees of its sandbox: ids, hostname,
- * capabilities, no_new_privs, seccomp mode, rlimits, pid, and whether keyctl(2) (refused
- * by containerd's default seccomp profile) is allowed. Static, for any rootfs. */
+ * capabilities, no_new_privs, seccomp mode, rlimits, pid, the user namespace's id maps,
+ * and whether keyctl(2) (refused by containerd's default seccomp profile) is allowed.
+ * Static, for any rootfs. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -29,6 +30,24 @@ static void status_line(const char *key) {
     fclose(f);
 }
 
+/* A /proc file on one line: lines joined with ';', runs of blanks squeezed to one. */
+static void file_line(const char *key, const char *path) {
+    FILE *f = fopen(path, "r");
+    int c, blank = 1, lines = 0;
+    printf("%s=", key);
+    if (!f) { printf("unreadable\n"); return; }
+    while ((c = fgetc(f)) != EOF) {
+        if (c == '\n') { blank = 1; lines++; continue; }
+        if (c == ' ' || c == '\t') { blank = blank ? blank : 2; continue; }
+        if (blank == 2) putchar(' ');
+        else if (blank == 1 && lines) putchar(';');
+        blank = 0;
+        putchar(c);
+    }
+    printf("\n");
+    fclose(f);
+}
+
 int main(void) {
     char host[256] = "";
     gethostname(host, sizeof host);
@@ -46,6 +65,9 @@ int main(void) {
     long k = syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 0);
     printf("keyctl=%s\n", k >= 0 ? "allowed" : (errno == EPERM ? "EPERM" : "allowed-but-failed"));
     printf("umask=%04o\n", umask(0));
+    file_line("uid_map", "/proc/self/uid_map");
+    file_line("gid_map", "/proc/self/gid_map");
+    file_line("setgroups", "/proc/self/setgroups");
     /* Open descriptors, without the one that lists them. */
     DIR *d = opendir("/proc/self/fd");
     int own = d ? dirfd(d) : -1, first = 1;

@@ -16,6 +16,8 @@ pub enum CgroupError {
     Unsupported { field: &'static str, mode: CgroupMode, why: &'static str },
     #[error("cgroup root {0}: no cgroup hierarchy found")]
     NoHierarchy(PathBuf),
+    #[error(transparent)]
+    Devices(#[from] crate::devices_bpf::DeviceFilterError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +91,9 @@ impl Cgroup {
     pub fn create(root: &Path, rel: &str, resources: Option<&LinuxResources>) -> Result<Cgroup, CgroupError> {
         let cg = Cgroup::locate(root, rel)?;
         if cg.mode == CgroupMode::V2 {
-            if let Some(r) = resources {
-                if r.devices().as_ref().is_some_and(|d| d.iter().any(|d| d.allow() || d.access().as_deref() != Some("rwm") || d.typ().is_some())) {
-                    return Err(CgroupError::Unsupported {
-                        field: "linux.resources.devices",
-                        mode: CgroupMode::V2,
-                        why: "device rules on cgroup v2 need an eBPF program, not implemented yet",
-                    });
-                }
+            // Device rules are checked before anything is created.
+            if let Some(devices) = resources.and_then(|r| r.devices().as_deref()) {
+                crate::devices_bpf::rules(devices)?;
             }
             enable_v2_controllers(root, rel.trim_start_matches('/'), resources)?;
         }
@@ -106,9 +103,14 @@ impl Cgroup {
             make_dirs(&top, dir, cg.mode == CgroupMode::V1 && name == "cpuset")?;
         }
         if let Some(r) = resources {
-            match cg.mode {
-                CgroupMode::V1 => cg.apply_v1(r)?,
-                CgroupMode::V2 => cg.apply_v2(r)?,
+            let applied = match cg.mode {
+                CgroupMode::V1 => cg.apply_v1(r),
+                CgroupMode::V2 => cg.apply_v2(r),
+            };
+            // The caller gets no Cgroup to remove on error: remove what we made here.
+            if let Err(e) = applied {
+                let _ = cg.remove();
+                return Err(e);
             }
         }
         Ok(cg)
@@ -365,6 +367,10 @@ impl Cgroup {
             let v = if p.limit() > 0 { p.limit().to_string() } else { "max".into() };
             write(dir, "pids.max", &v)?;
         }
+        // No devices controller on v2: an eBPF program attached to the directory.
+        if let Some(devices) = r.devices().as_deref().filter(|d| !d.is_empty()) {
+            crate::devices_bpf::apply(dir, devices)?;
+        }
         Ok(())
     }
 }
@@ -536,12 +542,17 @@ mod tests {
     }
 
     #[test]
-    fn v2_refuses_device_rules() {
+    fn v2_device_rules_are_checked_and_need_a_real_cgroup() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("cgroup.controllers"), "").unwrap();
+        let r = resources(serde_json::json!({"devices": [{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwx"}]}));
+        let e = Cgroup::create(d.path(), "c1", Some(&r)).unwrap_err().to_string();
+        assert!(e.starts_with("linux.resources.devices[0].access"), "{e}");
+        assert!(!d.path().join("c1").exists(), "a bad rule is refused before anything is made");
+        // A temp dir is no cgroup: the attach fails, names the field, and the dir goes again.
         let r = resources(serde_json::json!({"devices": [{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]}));
         let e = Cgroup::create(d.path(), "c1", Some(&r)).unwrap_err().to_string();
-        assert!(e.contains("linux.resources.devices"), "{e}");
+        assert!(e.starts_with("linux.resources.devices: attach"), "{e}");
         assert!(!d.path().join("c1").exists());
     }
 

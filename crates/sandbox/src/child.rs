@@ -41,6 +41,9 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
     }
     // A session of its own: signals to the shim's process group must not reach the container.
     setsid().ctx(Step::Session, "setsid")?;
+    // In a user namespace (new or joined), nothing below may run before the shim mapped our ids and
+    // set the limits we can no longer set ourselves (userns.rs).
+    crate::userns::wait_for_parent(plan, sync)?;
     // A wasm process is a clone of the fork server: without this, `ps` would show the
     // shim's command line for every container. While the host's /proc is still visible.
     if !plan.is_native() {
@@ -55,12 +58,13 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
 
     // Namespaces given by path (a pod's shared ones, or all of a container's for an exec).
     // Before any mount work, so a joined mount namespace is the one the container's mounts
-    // go into. (A pid namespace was joined by the fork server, before the clone.)
+    // go into. (A pid namespace was joined by the fork server, before the clone; a user
+    // namespace by the process that cloned us, see userns::clone_in_userns.)
     // An exec process needs the container's root too: setns into a mount namespace puts a
     // process at the namespace's first root, which pivot_root does not change. Opened while
     // the host's /proc is in sight.
     let exec_root = if plan.exec { Some(std::fs::File::open(&plan.rootfs).ctx(Step::JoinNamespace, plan.rootfs.display())?) } else { None };
-    for (flag, path) in plan.join_ns.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID) {
+    for (flag, path) in plan.join_ns.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID && *f != libc::CLONE_NEWUSER) {
         let f = std::fs::File::open(path).ctx(Step::JoinNamespace, path.display())?;
         setns(f.as_fd(), CloneFlags::from_bits_truncate(*flag)).ctx(Step::JoinNamespace, path.display())?;
     }
@@ -79,6 +83,9 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
     // The shim opened containerd's FIFOs (or /dev/null) for us; they become fds 0-2.
     install_stdio(stdio)?;
 
+    // Host-owned files are behind us (cgroupfs, FIFOs); what the rootfs setup creates must
+    // belong to the container's root.
+    crate::userns::become_root(plan)?;
     // An exec process joined the container's mount namespace above, whose root is the
     // container's root: the container is set up already, only the process remains.
     if !plan.exec {
@@ -99,6 +106,8 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
             let p = Path::new("/proc/sys").join(k.replace('.', "/"));
             std::fs::write(&p, v).ctx(Step::Sysctl, k)?;
         }
+        // Only now: /proc/sys is usually one of the read-only paths.
+        mounts::protect_paths(plan)?;
     }
     // The pty comes from the container's own devpts (mounted above), so the process sees its
     // terminal under its /dev/pts; setsid above lets it become the controlling terminal.

@@ -12,12 +12,14 @@
 
 mod cgroup;
 mod child;
+pub mod devices_bpf;
 mod error;
 mod mounts;
 mod parent;
 mod plan;
 mod seccomp;
 mod sync;
+mod userns;
 mod zygote;
 
 pub use cgroup::{Cgroup, CgroupError, CgroupMode, OomWatch};
@@ -26,6 +28,7 @@ pub use mounts::{mount_rootfs, unmount_rootfs, RootfsMount};
 pub use parent::{create_container, create_exec, Container, CreateError};
 pub use plan::{CapPlan, DevicePlan, MountPlan};
 pub use plan::{cgroups_path, check_resources, Plan, PlanError, Stdio};
+pub use userns::IdMap;
 pub use zygote::{Zygote, ZygoteError};
 
 /// Runs a container's process when it is not a native executable.

@@ -69,15 +69,21 @@ pub(crate) fn setup_rootfs(plan: &Plan) -> Result<(), SetupError> {
     let prop = MsFlags::from_bits_truncate(plan.rootfs_propagation);
     mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).ctx(Step::PivotRoot, "set rootfsPropagation")?;
 
-    for p in &plan.masked_paths {
-        mask_path(p)?;
-    }
-    for p in &plan.readonly_paths {
-        readonly_path(p)?;
-    }
     if plan.readonly_root {
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
             .ctx(Step::Mounts, "root.readonly")?;
+    }
+    Ok(())
+}
+
+/// `linux.readonlyPaths`, then `linux.maskedPaths` (runc's order). After the sysctls are
+/// written: /proc/sys is usually among the read-only paths.
+pub(crate) fn protect_paths(plan: &Plan) -> Result<(), SetupError> {
+    for p in &plan.readonly_paths {
+        readonly_path(p)?;
+    }
+    for p in &plan.masked_paths {
+        mask_path(p)?;
     }
     Ok(())
 }
@@ -99,8 +105,7 @@ fn mount_one(plan: &Plan, m: &MountPlan) -> Result<(), SetupError> {
         // A bind mount ignores most flags; they take effect on a remount.
         let remount = flags & !(MsFlags::MS_REC | MsFlags::MS_BIND);
         if !remount.is_empty() {
-            mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | remount, None::<&str>)
-                .ctx(Step::Mounts, "remount bind with options")?;
+            remount_bind(&dest, remount).ctx(Step::Mounts, "remount bind with options")?;
         }
     } else {
         ensure_target(&dest, true)?;
@@ -155,7 +160,40 @@ fn mount_cgroup(plan: &Plan, m: &MountPlan, dest: &Path, flags: MsFlags) -> Resu
 fn bind_ro(src: &Path, dest: &Path, ro: bool, base: MsFlags) -> Result<(), SetupError> {
     mount(Some(src), dest, None::<&str>, MsFlags::MS_BIND, None::<&str>).ctx(Step::Mounts, format!("bind {}", src.display()))?;
     let ro = if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
-    mount(None::<&str>, dest, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | ro | base, None::<&str>).ctx(Step::Mounts, "remount bind")
+    remount_bind(dest, ro | base).ctx(Step::Mounts, "remount bind")
+}
+
+/// Remounts the bind mount at `dest` with `flags`. In a user namespace, the flags a bind
+/// mount inherited from a mount of a more privileged namespace (nosuid, nodev, noexec, ro,
+/// the atime mode) are locked: a remount that would clear one fails with EPERM. Then it is
+/// retried with the locked flags added, as runc does.
+fn remount_bind(dest: &Path, flags: MsFlags) -> nix::Result<()> {
+    let remount = |f: MsFlags| mount(None::<&str>, dest, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | f, None::<&str>);
+    match remount(flags) {
+        Err(nix::errno::Errno::EPERM) => {
+            use nix::sys::statvfs::{statvfs, FsFlags};
+            let now = statvfs(dest)?.flags();
+            let mut kept = flags;
+            for (st, ms) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+                (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+                (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+                (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+                (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+            ] {
+                if now.contains(st) {
+                    kept |= ms;
+                }
+            }
+            if kept == flags {
+                return Err(nix::errno::Errno::EPERM);
+            }
+            remount(kept)
+        }
+        other => other,
+    }
 }
 
 fn ensure_target(dest: &Path, dir: bool) -> Result<(), SetupError> {

@@ -63,6 +63,13 @@ fn spawn(plan: &Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup) -> R
     // The fork server clones the process; it is our child (CLONE_PARENT), so our reaper
     // sees its exit. The child's end of the socketpair and stdio went with the request.
     let pid = zygote.spawn(plan, theirs, stdio)?;
+    // In a user namespace the child waits for us to map its ids and set its limits (userns.rs).
+    if plan.in_userns() {
+        if let Err(e) = crate::userns::set_up_from_parent(pid, plan, ours.as_fd()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            return Err(e.into());
+        }
+    }
 
     // Setup runs in the child now; it answers Ready, or Failed naming the step. With a
     // terminal, the pty master comes first.

@@ -15,6 +15,8 @@ pub enum PlanError {
     Unsupported { field: String, why: &'static str },
     #[error("{field}: invalid value {value:?}: {why}")]
     Invalid { field: String, value: String, why: String },
+    #[error(transparent)]
+    Devices(#[from] crate::devices_bpf::DeviceFilterError),
 }
 
 fn unsupported(field: impl Into<String>, why: &'static str) -> PlanError {
@@ -74,8 +76,11 @@ pub struct Plan {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: PathBuf,
-    /// Namespaces created by clone(2) itself (pid, mount, ipc, uts, net).
+    /// Namespaces created by clone(2) itself (user, pid, mount, ipc, uts, net).
     pub clone_flags: i32,
+    /// `linux.uidMappings` / `linux.gidMappings`, written by the shim for a new user namespace.
+    pub uid_mappings: Vec<crate::userns::IdMap>,
+    pub gid_mappings: Vec<crate::userns::IdMap>,
     /// A new cgroup namespace, made after the process joined its cgroup.
     pub new_cgroup_ns: bool,
     /// Namespaces joined by path, as (CLONE_NEW* flag, path).
@@ -129,9 +134,6 @@ impl Plan {
         }
         let linux = spec.linux().clone().unwrap_or_default();
         let seccomp_bpf = linux.seccomp().as_ref().map(crate::seccomp::compile).transpose()?;
-        if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(unsupported("linux.uidMappings", "user namespaces are not implemented yet"));
-        }
         if linux.intel_rdt().is_some() {
             return Err(unsupported("linux.intelRdt", "not implemented"));
         }
@@ -153,9 +155,7 @@ impl Plan {
                 LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
                 LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
                 LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-                LinuxNamespaceType::User => {
-                    return Err(unsupported(format!("linux.namespaces[{i}] (user)"), "user namespaces are not implemented yet"))
-                }
+                LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
                 LinuxNamespaceType::Time => return Err(unsupported(format!("linux.namespaces[{i}] (time)"), "not implemented")),
             };
             match ns.path() {
@@ -169,6 +169,7 @@ impl Plan {
                 _ => clone_flags |= flag,
             }
         }
+        let (uid_mappings, gid_mappings) = check_user_namespace(&linux, process.user(), clone_flags, &join_ns)?;
         if !clone_flags.contains(CloneFlags::CLONE_NEWNS) && !join_ns.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS.bits()) {
             return Err(unsupported("linux.namespaces", "a container without a mount namespace would pivot_root the shim's own"));
         }
@@ -257,6 +258,8 @@ impl Plan {
             env: process.env().clone().unwrap_or_default(),
             cwd: process.cwd().clone(),
             clone_flags: clone_flags.bits(),
+            uid_mappings,
+            gid_mappings,
             new_cgroup_ns,
             join_ns,
             mounts,
@@ -292,6 +295,10 @@ impl Plan {
     /// rlimits. `entry` is what `process.args[0]` names in the container.
     pub fn for_exec(&self, process: &Process, init_pid: i32, entry: Entrypoint) -> Result<Plan, PlanError> {
         check_process(process)?;
+        if self.in_userns() {
+            // It would have to enter the user namespace before the others (userns.rs).
+            return Err(unsupported("linux.namespaces (user)", "exec into a container with a user namespace is not implemented yet"));
+        }
         let ns = |name: &str| PathBuf::from(format!("/proc/{init_pid}/ns/{name}"));
         let mut join_ns: Vec<(i32, PathBuf)> = [
             (CloneFlags::CLONE_NEWIPC, "ipc"),
@@ -338,6 +345,100 @@ impl Plan {
     pub(crate) fn clone_flags(&self) -> CloneFlags {
         CloneFlags::from_bits_truncate(self.clone_flags)
     }
+
+    /// The process gets a new user namespace (whose ids the shim maps).
+    pub fn new_userns(&self) -> bool {
+        self.clone_flags().contains(CloneFlags::CLONE_NEWUSER)
+    }
+
+    /// The user namespace joined by path (a pod's), if any.
+    pub fn join_userns(&self) -> Option<&Path> {
+        self.join_ns.iter().find(|(f, _)| *f == libc::CLONE_NEWUSER).map(|(_, p)| p.as_path())
+    }
+
+    /// The process runs in a user namespace other than the shim's, new or joined.
+    pub fn in_userns(&self) -> bool {
+        self.new_userns() || self.join_userns().is_some()
+    }
+}
+
+/// `process.user` must be mapped by the mappings given (none given: nothing to check).
+fn check_user_mapped(user: &oci_spec::runtime::User, uids: &[crate::userns::IdMap], gids: &[crate::userns::IdMap]) -> Result<(), PlanError> {
+    use crate::userns::maps_id;
+    if !uids.is_empty() && !maps_id(uids, user.uid()) {
+        return Err(invalid("process.user.uid", user.uid().to_string(), "not mapped by linux.uidMappings"));
+    }
+    if gids.is_empty() {
+        return Ok(());
+    }
+    if !maps_id(gids, user.gid()) {
+        return Err(invalid("process.user.gid", user.gid().to_string(), "not mapped by linux.gidMappings"));
+    }
+    for (i, g) in user.additional_gids().as_deref().unwrap_or_default().iter().enumerate() {
+        if !maps_id(gids, *g) {
+            return Err(invalid(format!("process.user.additionalGids[{i}]"), g.to_string(), "not mapped by linux.gidMappings"));
+        }
+    }
+    Ok(())
+}
+
+/// `linux.uidMappings` / `linux.gidMappings` against `linux.namespaces` and `process.user`.
+fn check_user_namespace(
+    linux: &oci_spec::runtime::Linux,
+    user: &oci_spec::runtime::User,
+    clone_flags: CloneFlags,
+    join_ns: &[(i32, PathBuf)],
+) -> Result<(Vec<crate::userns::IdMap>, Vec<crate::userns::IdMap>), PlanError> {
+    use crate::userns::{check_mappings, maps_id};
+    let uids = check_mappings("linux.uidMappings", linux.uid_mappings().as_deref().unwrap_or_default())?;
+    let gids = check_mappings("linux.gidMappings", linux.gid_mappings().as_deref().unwrap_or_default())?;
+    let joined = join_ns.iter().any(|(f, _)| *f == libc::CLONE_NEWUSER);
+    if !clone_flags.contains(CloneFlags::CLONE_NEWUSER) && !joined {
+        for (field, maps) in [("linux.uidMappings", &uids), ("linux.gidMappings", &gids)] {
+            if !maps.is_empty() {
+                return Err(invalid(field, crate::userns::map_text(maps).trim(), "mappings without a user namespace in linux.namespaces"));
+            }
+        }
+        return Ok((uids, gids));
+    }
+    if joined {
+        // The joined namespace has its maps already; mappings given along (as CRI does) only
+        // describe them, and can be checked against process.user.
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        for (i, ns) in namespaces.iter().enumerate() {
+            if ns.typ() == LinuxNamespaceType::Pid && ns.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty()) {
+                return Err(unsupported(
+                    format!("linux.namespaces[{i}].path"),
+                    "joining a pid namespace by path together with a user namespace joined by path is not implemented",
+                ));
+            }
+        }
+        check_user_mapped(user, &uids, &gids)?;
+        return Ok((uids, gids));
+    }
+    // The namespace's root sets the container up (as with runc, which needs it mapped too).
+    for (field, maps) in [("linux.uidMappings", &uids), ("linux.gidMappings", &gids)] {
+        if maps.is_empty() {
+            return Err(invalid(field, "[]", "a new user namespace needs mappings"));
+        }
+        if !maps_id(maps, 0) {
+            return Err(invalid(field, crate::userns::map_text(maps).trim(), "the container's root (0) is not mapped"));
+        }
+    }
+    check_user_mapped(user, &uids, &gids)?;
+    // Namespaces joined by path belong to another user namespace; ours would hold no
+    // capability over them (runc joins them before unsharing the user namespace).
+    if !join_ns.is_empty() {
+        for (i, ns) in linux.namespaces().as_deref().unwrap_or_default().iter().enumerate() {
+            if ns.path().as_ref().is_some_and(|p| !p.as_os_str().is_empty()) {
+                return Err(unsupported(
+                    format!("linux.namespaces[{i}].path"),
+                    "joining a namespace by path together with a new user namespace is not implemented",
+                ));
+            }
+        }
+    }
+    Ok((uids, gids))
 }
 
 /// Process fields no process of ours can honour.
@@ -422,6 +523,9 @@ pub fn check_resources(res: &LinuxResources) -> Result<(), PlanError> {
         if !empty {
             return Err(unsupported("linux.resources.blockIO", "not implemented"));
         }
+    }
+    if let Some(d) = res.devices() {
+        crate::devices_bpf::rules(d)?;
     }
     if let Some(m) = res.memory() {
         if m.kernel().is_some() || m.kernel_tcp().is_some() {
@@ -591,7 +695,16 @@ mod tests {
     fn unsupported_fields_are_named() {
         for (extra, field) in [
             (serde_json::json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/x"}}}), "linux.seccomp.listenerPath"),
-            (serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}}), "linux.namespaces[1] (user)"),
+            (serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "time"}]}}), "linux.namespaces[1] (time)"),
+            (
+                serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user", "path": "/proc/self/ns/user"}, {"type": "pid", "path": "/proc/self/ns/pid"}]}}),
+                "linux.namespaces[2].path",
+            ),
+            (
+                serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}, {"type": "network", "path": "/proc/self/ns/net"}],
+                    "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}], "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}}),
+                "linux.namespaces[2].path",
+            ),
             (serde_json::json!({"linux": {"cgroupsPath": "system.slice:wshim:c1"}}), "linux.cgroupsPath"),
             (serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}}), "linux.namespaces"),
             (serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true"}]}}), "hooks"),
@@ -602,6 +715,76 @@ mod tests {
             let e = plan(extra).unwrap_err().to_string();
             assert!(e.starts_with(field), "expected {field}, got {e}");
         }
+    }
+
+    fn userns(extra: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::json!({"linux": {
+            "namespaces": [{"type": "user"}, {"type": "mount"}, {"type": "pid"}],
+            "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+            "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        }});
+        merge(&mut v, extra);
+        v
+    }
+
+    #[test]
+    fn a_user_namespace_with_mappings_is_planned() {
+        let p = plan(userns(serde_json::json!({}))).unwrap();
+        assert!(p.new_userns());
+        assert!(p.clone_flags().contains(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID));
+        assert_eq!(p.uid_mappings, vec![crate::userns::IdMap { container_id: 0, host_id: 100000, size: 65536 }]);
+        assert_eq!(p.gid_mappings, p.uid_mappings);
+        assert!(!plan(serde_json::json!({})).unwrap().new_userns());
+    }
+
+    #[test]
+    fn a_user_namespace_joined_by_path_is_planned() {
+        let p = plan(userns(serde_json::json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/self/ns/user"}, {"type": "mount"}, {"type": "pid"}]}})))
+            .unwrap();
+        assert!(!p.new_userns() && p.in_userns());
+        assert_eq!(p.join_userns(), Some(Path::new("/proc/self/ns/user")));
+        assert!(!p.clone_flags().contains(CloneFlags::CLONE_NEWUSER));
+        // Mappings given along only describe the joined namespace; they may be absent.
+        let p = plan(serde_json::json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/self/ns/user"}, {"type": "mount"}]}})).unwrap();
+        assert!(p.in_userns() && p.uid_mappings.is_empty());
+    }
+
+    #[test]
+    fn bad_user_namespace_settings_name_the_field() {
+        let one = |c: u32, h: u32, s: u32| serde_json::json!([{"containerID": c, "hostID": h, "size": s}]);
+        for (extra, field, why) in [
+            (
+                serde_json::json!({"linux": {"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}}),
+                "linux.uidMappings",
+                "without a user namespace",
+            ),
+            (userns(serde_json::json!({"linux": {"gidMappings": []}})), "linux.gidMappings", "needs mappings"),
+            (userns(serde_json::json!({"linux": {"uidMappings": one(1, 100000, 10)}})), "linux.uidMappings", "root (0) is not mapped"),
+            (
+                userns(serde_json::json!({"linux": {"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 100}, {"containerID": 50, "hostID": 300000, "size": 10}]}})),
+                "linux.uidMappings[1]",
+                "containerID range overlaps linux.uidMappings[0]",
+            ),
+            (userns(serde_json::json!({"linux": {"gidMappings": one(0, 100000, 0)}})), "linux.gidMappings[0].size", "at least 1"),
+            (userns(serde_json::json!({"process": {"user": {"uid": 70000, "gid": 0}}})), "process.user.uid", "not mapped"),
+            (userns(serde_json::json!({"process": {"user": {"uid": 0, "gid": 70000}}})), "process.user.gid", "not mapped"),
+            (
+                userns(serde_json::json!({"process": {"user": {"uid": 0, "gid": 0, "additionalGids": [1, 99999]}}})),
+                "process.user.additionalGids[1]",
+                "not mapped",
+            ),
+        ] {
+            let e = plan(extra).unwrap_err().to_string();
+            assert!(e.starts_with(field) && e.contains(why), "expected {field} … {why}, got {e}");
+        }
+    }
+
+    #[test]
+    fn bad_device_rules_name_the_field() {
+        let e = plan(serde_json::json!({"linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "access": "rx"}]}}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("linux.resources.devices[1].access"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub(crate) enum ChildMsg {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ParentMsg {
     Start,
+    /// The container's user namespace has its uid_map and gid_map (see `userns`).
+    IdsMapped,
 }
 
 pub(crate) fn pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
