@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::str::FromStr;
 
 use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
@@ -82,11 +81,7 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
             return Err(SetupError::new(Step::Hostname, format!("domainname: {}", std::io::Error::last_os_error())));
         }
     }
-    // /proc/sys is the container's own view now (its /proc mount, its namespaces).
-    for (k, v) in &plan.sysctl {
-        let p = Path::new("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v).ctx(Step::Sysctl, k)?;
-    }
+    // (linux.sysctl is written by setup_rootfs, before readonlyPaths close /proc/sys.)
     for &(res, soft, hard) in &plan.rlimits {
         let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
         // SAFETY: setrlimit reads the struct we pass.

@@ -69,6 +69,12 @@ pub(crate) fn setup_rootfs(plan: &Plan) -> Result<(), SetupError> {
     let prop = MsFlags::from_bits_truncate(plan.rootfs_propagation);
     mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).ctx(Step::PivotRoot, "set rootfsPropagation")?;
 
+    // /proc/sys is the container's own view now (its /proc mount, its namespaces); write it
+    // before readonlyPaths (which usually hold /proc/sys) make it read-only, as runc does.
+    for (k, v) in &plan.sysctl {
+        let p = Path::new("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&p, v).ctx(Step::Sysctl, k)?;
+    }
     for p in &plan.masked_paths {
         mask_path(p)?;
     }
