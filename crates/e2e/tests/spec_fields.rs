@@ -177,13 +177,17 @@ fn masked_paths() {
 
 #[test]
 fn readonly_paths() {
-    let sections = ["ro:/proc/sys", "ro:/proc/bus", "ro:/dev/shm", "ro:/probe", "mount:/dev/shm", "ro:/proc/not-there"];
+    let sections = ["ro:/proc/sys", "ro:/proc/bus", "ro:/dev/shm", "ro:/probe", "ro:/proc/cpuinfo", "mount:/dev/shm", "ro:/proc/not-there"];
     let r = compare("ropaths", &sections, &|s| {
         push(s, "/linux/readonlyPaths", json!("/dev/shm"));
         push(s, "/linux/readonlyPaths", json!("/probe"));
+        push(s, "/linux/readonlyPaths", json!("/proc/cpuinfo"));
         push(s, "/linux/readonlyPaths", json!("/proc/not-there"));
     });
-    assert_eq!(field(&r, "ro:/probe"), "mount-ro write=EROFS", "a file");
+    // A file; and the probe ran from it: a read-only path keeps its mount's exec flag.
+    // (Opening the running program for writing is ETXTBSY before it is EROFS.)
+    assert!(field(&r, "ro:/probe").starts_with("mount-ro "), "a file: {r:?}");
+    assert_eq!(field(&r, "ro:/proc/cpuinfo"), "mount-ro write=EROFS", "a file");
     assert_eq!(field(&r, "ro:/dev/shm"), "mount-ro write=EROFS");
     assert!(field(&r, "ro:/proc/sys").starts_with("mount-ro"), "{r:?}");
 }
@@ -349,6 +353,25 @@ fn ambient_capabilities_for_a_non_root_user() {
     assert_eq!(field(&r, "CapEff"), "0000000000000420");
 }
 
+#[test]
+fn an_execve_failure_at_start_is_reported_and_leaves_nothing() {
+    // A rootfs whose program is not executable: Create passes, execve fails at Start.
+    let root = work_dir().join("rootfs-notexec");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(bundles().join("native/rootfs-probe/probe"), root.join("notexec")).unwrap();
+    std::fs::set_permissions(root.join("notexec"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // Several times: the task's exit and ctr's Delete used to race.
+    for i in 0..4 {
+        let id = format!("e2e-f-notexec-{i}");
+        let mut spec = probe_spec(&id, &[]);
+        spec["root"]["path"] = json!(root);
+        spec["process"]["args"] = json!(["/notexec"]);
+        let r = run_spec(RUNTIME, &id, &spec);
+        assert_ne!(r.code, 0, "{r:?}");
+        assert!(r.stderr.contains("execve") && r.stderr.contains("/notexec"), "{r:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Fields refused, and bad values: `ctr run` fails with a message naming the field.
 
@@ -433,7 +456,25 @@ fn bad_value_cases() -> Vec<Refused> {
         Refused { name: "rlimit-negative", edit: |s| s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": -1, "hard": 10}]), field: "process.rlimits" },
         Refused { name: "rlimit-soft-gt-hard", edit: |s| s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 300, "hard": 200}]), field: "process.rlimits[0]" },
         Refused { name: "rlimit-over-host", edit: |s| s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 1u64 << 40, "hard": 1u64 << 40}]), field: "process.rlimits" },
-        Refused { name: "sysctl-not-ns", edit: |s| s["linux"]["sysctl"] = json!({"vm.swappiness": "10"}), field: "linux.sysctl" },
+        // Not namespaced: writing it would change the host's value.
+        Refused { name: "sysctl-not-ns", edit: |s| s["linux"]["sysctl"] = json!({"vm.swappiness": "10"}), field: "linux.sysctl.vm.swappiness" },
+        Refused { name: "sysctl-hostname", edit: |s| s["linux"]["sysctl"] = json!({"kernel.hostname": "x"}), field: "linux.sysctl.kernel.hostname" },
+        Refused {
+            name: "sysctl-no-ipcns",
+            edit: |s| {
+                s["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "ipc");
+                s["linux"]["sysctl"] = json!({"kernel.shmmax": "100000"});
+            },
+            field: "linux.sysctl.kernel.shmmax",
+        },
+        Refused {
+            name: "sysctl-no-netns",
+            edit: |s| {
+                s["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "network");
+                s["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+            },
+            field: "linux.sysctl.net.ipv4.ip_forward",
+        },
         Refused { name: "sysctl-unknown", edit: |s| s["linux"]["sysctl"] = json!({"kernel.no_such_knob": "1"}), field: "linux.sysctl" },
         Refused { name: "sysctl-slash", edit: |s| s["linux"]["sysctl"] = json!({"kernel/hostname": "x"}), field: "linux.sysctl" },
         Refused {
