@@ -350,11 +350,29 @@ static void devices(void) {
     }
 }
 
+/* A file of lines (devices.list), sorted and joined by commas: the kernel keeps rules in
+ * the order they were written, which differs between runtimes for the same set. */
+static void sorted_lines(const char *key, const char *path) {
+    char buf[4096], *lines[128];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) { printf("%s=%s\n", key, errname(errno)); return; }
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    buf[n < 0 ? 0 : n] = 0;
+    int count = 0;
+    char *save, *t;
+    for (t = strtok_r(buf, "\n", &save); t && count < 128; t = strtok_r(NULL, "\n", &save)) lines[count++] = t;
+    qsort(lines, count, sizeof *lines, cmp);
+    printf("%s=", key);
+    for (int i = 0; i < count; i++) printf("%s%s", i ? "," : "", lines[i]);
+    printf("\n");
+}
+
 static void cgroup(void) {
     static const char *files[] = {
         "memory/memory.limit_in_bytes", "memory/memory.memsw.limit_in_bytes", "memory/memory.soft_limit_in_bytes",
         "memory/memory.swappiness", "cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us", "cpu/cpu.shares",
-        "cpuset/cpuset.cpus", "cpuset/cpuset.mems", "pids/pids.max", "devices/devices.list",
+        "cpuset/cpuset.cpus", "cpuset/cpuset.mems", "pids/pids.max",
         /* v2 names, at the top of a cgroup2 mount */
         "memory.max", "memory.low", "cpu.max", "cpu.weight", "pids.max",
     };
@@ -364,6 +382,7 @@ static void cgroup(void) {
         snprintf(key, sizeof key, "cgroup:%s", files[i]);
         file_value(key, p);
     }
+    sorted_lines("cgroup:devices/devices.list", "/sys/fs/cgroup/devices/devices.list");
 }
 
 int main(int argc, char **argv) {

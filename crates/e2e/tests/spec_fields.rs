@@ -142,6 +142,30 @@ fn mounts_tmpfs_bind_and_rbind() {
 }
 
 #[test]
+fn default_mount_table_and_devices_match_runc() {
+    // ctr's default spec with a cgroup mount: every mount and /dev entry, sorted (the order of
+    // masking and of the cgroup hierarchies' directory listing differs, the result not).
+    let cgroup_mount = |s: &mut Value| {
+        push(s, "/mounts", json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}))
+    };
+    let mut ours = probe(RUNTIME, "e2e-f-mtab", &["mounts", "devices"], &cgroup_mount);
+    let mut runc = probe(RUNC, "e2e-f-mtab-runc", &["mounts", "devices"], &cgroup_mount);
+    ours.sort();
+    runc.sort();
+    // Known, deliberate differences, checked so that they stay the only ones: on a hybrid
+    // host we also show the container's own cgroup2 directory, and the tmpfs holding the
+    // hierarchies is read-only like the mount asked (runc 1.1 leaves it writable).
+    let unified = "mount /sys/fs/cgroup/unified cgroup2 ro,nosuid,nodev,noexec,relatime";
+    assert!(ours.iter().any(|l| l == unified), "{ours:?}");
+    ours.retain(|l| l != unified);
+    let tmpfs = |rw: &str| format!("mount /sys/fs/cgroup tmpfs {rw},nosuid,nodev,noexec,relatime mode=755");
+    for l in ours.iter_mut().filter(|l| **l == tmpfs("ro")) {
+        *l = tmpfs("rw");
+    }
+    assert_eq!(ours, runc, "ours vs runc, sorted");
+}
+
+#[test]
 fn readonly_rootfs() {
     let r = compare("roroot", &["ro:/", "write:/", "write:/dev/shm", "write:/run", "mount:/"], &|s| s["root"]["readonly"] = json!(true));
     assert_eq!(field(&r, "ro:/"), "mount-ro write=EROFS");
