@@ -166,6 +166,44 @@ fn default_mount_table_and_devices_match_runc() {
 }
 
 #[test]
+fn ctr_flags_match_runc() {
+    // The same fields set the ordinary way, by ctr's own flags on the rootfs.
+    let flags = [
+        "--read-only",
+        "--mount",
+        "type=tmpfs,src=tmpfs,dst=/scratch,options=size=2m:mode=0700:nosuid",
+        "--cap-add",
+        "CAP_SYS_ADMIN",
+        "--cap-drop",
+        "CAP_CHOWN",
+        "--hostname",
+        "flags-host",
+        "--allow-new-privs",
+        "--env",
+        "A=b",
+        "--cwd",
+        "/scratch",
+    ];
+    let sections = ["ids", "host", "caps", "umask", "rlimits", "mount:/", "mount:/scratch", "ro:/", "write:/scratch", "pidns"];
+    let rootfs = bundles().join("native/rootfs-probe");
+    let run = |runtime: &str, id: &str| {
+        let mut args = vec!["/probe"];
+        args.extend_from_slice(&sections);
+        let r = run_rootfs(runtime, &rootfs, id, &flags, &args);
+        assert_eq!(r.code, 0, "{runtime}: {r:?}");
+        r.stdout.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let ours = run(RUNTIME, "e2e-f-flags");
+    let runc = run(RUNC, "e2e-f-flags-runc");
+    assert_eq!(ours, runc, "ours vs runc");
+    assert_eq!(field(&ours, "hostname"), "flags-host");
+    assert_eq!(field(&ours, "NoNewPrivs"), "0");
+    assert_eq!(field(&ours, "write:/scratch"), "ok");
+    assert_eq!(field(&ours, "ro:/"), "mount-ro write=EROFS");
+    assert!(ours.iter().any(|l| l == "mount /scratch tmpfs rw,nosuid,relatime size=2048k,mode=700"), "{ours:?}");
+}
+
+#[test]
 fn readonly_rootfs() {
     let r = compare("roroot", &["ro:/", "write:/", "write:/dev/shm", "write:/run", "mount:/"], &|s| s["root"]["readonly"] = json!(true));
     assert_eq!(field(&r, "ro:/"), "mount-ro write=EROFS");
@@ -245,6 +283,9 @@ fn device_in_a_subdirectory() {
 
 #[test]
 fn sysctl() {
+    let host = |k: &str| std::fs::read_to_string(format!("/proc/sys/{}", k.replace('.', "/"))).unwrap();
+    let keys = ["net.ipv4.ip_forward", "kernel.shm_rmid_forced", "net.core.somaxconn", "kernel.msgmax", "vm.swappiness"];
+    let before: Vec<String> = keys.iter().map(|k| host(k)).collect();
     let r = compare("sysctl", &["sysctl:net.ipv4.ip_forward", "sysctl:kernel.shm_rmid_forced", "sysctl:net.core.somaxconn", "sysctl:kernel.msgmax"], &|s| {
         s["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1", "net.core.somaxconn": "1000", "kernel.msgmax": "12345"});
     });
@@ -252,6 +293,8 @@ fn sysctl() {
     assert_eq!(field(&r, "sysctl:kernel.shm_rmid_forced"), "1");
     assert_eq!(field(&r, "sysctl:net.core.somaxconn"), "1000");
     assert_eq!(field(&r, "sysctl:kernel.msgmax"), "12345");
+    let after: Vec<String> = keys.iter().map(|k| host(k)).collect();
+    assert_eq!(before, after, "the host's values of {keys:?} are untouched");
 }
 
 #[test]
