@@ -439,6 +439,60 @@ fn an_execve_failure_at_start_is_reported_and_leaves_nothing() {
     }
 }
 
+#[test]
+fn a_wasm_payload_gets_the_same_fields() {
+    // The wasm `cat` in a rootfs of its own, reading what the probe would report.
+    let root = work_dir().join("rootfs-wasm-cat");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(bundles().join("cat.wasm"), root.join("cat.wasm")).unwrap();
+    let id = "e2e-f-wasm";
+    let mut spec = probe_spec(id, &[]);
+    spec["root"]["path"] = json!(root);
+    spec["process"]["args"] = json!([
+        "/cat.wasm",
+        "/proc/self/status",
+        "/proc/self/limits",
+        "/proc/self/oom_score_adj",
+        "/proc/sys/kernel/hostname",
+        "/proc/sys/kernel/shm_rmid_forced",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "/sys/fs/cgroup/pids/pids.max"
+    ]);
+    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [2000]});
+    spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200}]);
+    spec["process"]["oomScoreAdj"] = json!(300);
+    spec["hostname"] = json!("wasm-host");
+    spec["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+    spec["linux"]["resources"]["memory"] = json!({"limit": 134217728});
+    spec["linux"]["resources"]["pids"] = json!({"limit": 17});
+    push(&mut spec, "/mounts", json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+    let r = run_spec(RUNTIME, id, &spec);
+    assert_eq!(r.code, 0, "{r:?}");
+    let lines: Vec<Vec<&str>> = r.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    let has = |want: &[&str]| lines.iter().any(|l| l.as_slice() == want);
+    assert!(has(&["Uid:", "1000", "1000", "1000", "1000"]), "{}", r.stdout);
+    assert!(has(&["Groups:", "2000"]), "{}", r.stdout);
+    assert!(has(&["CapEff:", "0000000000000000"]), "{}", r.stdout);
+    assert!(has(&["NoNewPrivs:", "1"]), "{}", r.stdout);
+    assert!(has(&["Max", "open", "files", "100", "200", "files"]), "{}", r.stdout);
+    for v in ["300", "wasm-host", "1", "134217728", "17"] {
+        assert!(has(&[v]), "{v} in {}", r.stdout);
+    }
+    // As a native program after execve: a root-only file is out of a uid-1000 module's reach
+    // (with CAP_DAC_OVERRIDE left over it was not).
+    let secret = root.join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    spec["process"]["args"] = json!(["/cat.wasm", "/secret"]);
+    let r = run_spec(RUNTIME, "e2e-f-wasm-secret", &{
+        let mut s = spec.clone();
+        s["linux"]["cgroupsPath"] = json!("/default/e2e-f-wasm-secret");
+        s
+    });
+    assert_ne!(r.code, 0, "uid 1000 read a 0600 root file: {r:?}");
+    assert!(r.stderr.contains("Permission denied"), "{r:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Fields refused, and bad values: `ctr run` fails with a message naming the field.
 
