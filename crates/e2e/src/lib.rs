@@ -73,7 +73,7 @@ pub fn image(name: &str) -> String {
 
 /// Removes a container record named `id` that an interrupted earlier run may have left in
 /// the cached containerd state, so the test starts clean.
-fn forget(id: &str) {
+pub fn forget(id: &str) {
     if ctr(&["containers", "ls", "-q"]).stdout.lines().any(|l| l == id) {
         ctr(&["tasks", "rm", "-f", id]);
         ctr(&["containers", "rm", id]);

@@ -476,7 +476,15 @@ impl TaskService {
         if p.status != Status::Created {
             return Err(TaskError::WrongState { id: id.into(), what: "start", state: p.status.name() });
         }
-        p.process.start().map_err(|source| TaskError::Start { id: id.into(), source })?;
+        if let Err(source) = p.process.start() {
+            // The process failed its last steps (execve) and is exiting. Answer once its exit
+            // is recorded: containerd's client refuses to delete a task it sees CREATED, so
+            // `ctr run --rm` would leave the task and container behind.
+            let pid = p.process.pid;
+            drop(tasks);
+            self.wait_exit_after_failed_start(id, exec_id, pid);
+            return Err(TaskError::Start { id: id.into(), source });
+        }
         // An exit can only be recorded once the status is Running, so set it before the
         // lock is released (the exit thread waits on it).
         p.status = Status::Running;
@@ -489,6 +497,29 @@ impl TaskService {
             self.publish(TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev));
         }
         Ok(pid)
+    }
+
+    /// Waits (a bounded time, then with SIGKILL) until the exit of `pid`, whose Start failed,
+    /// is recorded for task `id`.
+    fn wait_exit_after_failed_start(&self, id: &str, exec_id: &str, pid: i32) {
+        let mut deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(2));
+        let mut tasks = self.tasks();
+        loop {
+            if tasks.get(id).and_then(|t| t.proc(exec_id)).is_none_or(|p| p.exit().is_some()) {
+                return;
+            }
+            match deadline {
+                Some(d) if std::time::Instant::now() >= d => {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    deadline = None;
+                }
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    tasks = self.inner.changed.wait_timeout(tasks, left).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                None => tasks = self.inner.changed.wait(tasks).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
     }
 
     pub fn kill_task(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<(), TaskError> {

@@ -40,6 +40,11 @@ fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Cg
     move |source| CgroupError::Io { path: path.to_path_buf(), op, source }
 }
 
+/// The device rules runc appends to every container's (libcontainer's AllowedDevices): mknod
+/// of anything, the OCI default devices, ptys, /dev/ptmx and /dev/net/tun.
+const DEFAULT_ALLOWED_DEVICES: [&str; 11] =
+    ["b *:* m", "c *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 10:200 rwm", "c 136:* rwm"];
+
 fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
     let p = dir.join(file);
     std::fs::write(&p, value).map_err(|source| CgroupError::Io { path: p.clone(), op: "write", source })
@@ -318,6 +323,11 @@ impl Cgroup {
                 let line = format!("{} {}:{} {}", typ, num(d.major()), num(d.minor()), d.access().as_deref().unwrap_or("rwm"));
                 write(dir, if d.allow() { "devices.allow" } else { "devices.deny" }, &line)?;
             }
+            // After the spec's rules, as runc does: the default devices every container gets
+            // (and mknod of any node, and ptys) stay usable whatever the rules denied.
+            for line in DEFAULT_ALLOWED_DEVICES {
+                write(dir, "devices.allow", line)?;
+            }
         }
         Ok(())
     }
@@ -503,7 +513,8 @@ mod tests {
         assert_eq!(read(p.join("cpu/default/c1/cpu.cfs_quota_us")), "50000");
         assert_eq!(read(p.join("pids/default/c1/pids.max")), "32");
         // The last rule written wins in this fake tree; on cgroupfs each write adds a rule.
-        assert_eq!(read(p.join("devices/default/c1/devices.allow")), "c 1:3 rwm");
+        // The default devices' rules come last.
+        assert_eq!(read(p.join("devices/default/c1/devices.allow")), "c 136:* rwm");
         assert_eq!(read(p.join("devices/default/c1/devices.deny")), "a *:* rwm");
         assert_eq!(read(p.join("cpuset/default/cpuset.cpus")), "0-1", "new cpuset dirs copy their parent");
         assert_eq!(read(p.join("cpuset/default/c1/cpuset.mems")), "0");

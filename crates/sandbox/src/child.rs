@@ -136,6 +136,7 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
         load_seccomp(plan)?;
     }
     set_user_and_caps(plan)?;
+    caps_as_after_execve(plan)?;
     if plan.no_new_privs {
         // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -263,6 +264,19 @@ fn set_user_and_caps(plan: &Plan) -> Result<(), SetupError> {
         }
     }
     Ok(())
+}
+
+/// A native program's execve as a non-root user leaves it only its ambient capabilities
+/// (there are no file capabilities to add). A wasm payload has no execve: drop the same ones
+/// here, or a module run as uid 1000 would keep CAP_DAC_OVERRIDE and the like.
+fn caps_as_after_execve(plan: &Plan) -> Result<(), SetupError> {
+    use caps::CapSet;
+    if plan.is_native() || plan.uid == 0 {
+        return Ok(());
+    }
+    let ambient = caps::read(None, CapSet::Ambient).ctx(Step::Capabilities, "read ambient")?;
+    caps::set(None, CapSet::Effective, &ambient).ctx(Step::Capabilities, "effective as after execve")?;
+    caps::set(None, CapSet::Permitted, &ambient).ctx(Step::Capabilities, "permitted as after execve")
 }
 
 /// Rewrites this process's argv area, which /proc/PID/cmdline (what `ps` shows) reads, to

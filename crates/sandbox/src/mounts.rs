@@ -276,12 +276,16 @@ fn readonly_path(p: &Path) -> Result<(), SetupError> {
         return Ok(());
     }
     mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).ctx(Step::Mounts, format!("readonlyPaths {}", p.display()))?;
-    mount(
-        None::<&str>,
-        p,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .ctx(Step::Mounts, format!("readonlyPaths {}", p.display()))
+    // Read-only, and otherwise as it was (runc's way): nosuid, nodev and noexec stay only
+    // where the mount already had them, so a read-only path of programs still runs them.
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let had = statvfs(p).ctx(Step::Mounts, format!("readonlyPaths {}: statvfs", p.display()))?.flags();
+    let mut keep = MsFlags::empty();
+    for (fs, ms) in [(FsFlags::ST_NOSUID, MsFlags::MS_NOSUID), (FsFlags::ST_NODEV, MsFlags::MS_NODEV), (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC)] {
+        if had.contains(fs) {
+            keep |= ms;
+        }
+    }
+    mount(None::<&str>, p, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | keep, None::<&str>)
+        .ctx(Step::Mounts, format!("readonlyPaths {}", p.display()))
 }

@@ -242,6 +242,9 @@ impl Plan {
             if k.contains('/') || k.contains("..") {
                 return Err(invalid(format!("linux.sysctl.{k}"), k.clone(), "not a sysctl name"));
             }
+            if let Some(why) = sysctl_not_namespaced(k, clone_flags, &join_ns) {
+                return Err(invalid(format!("linux.sysctl.{k}"), k.clone(), why));
+            }
         }
 
         let cgroups_path = cgroups_path(spec, id)?;
@@ -551,6 +554,25 @@ pub fn check_resources(res: &LinuxResources) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// Why writing sysctl `k` would reach beyond the container (runc's rule): only the ipc,
+/// network and uts namespaces' own knobs, each with that namespace, are allowed.
+fn sysctl_not_namespaced(k: &str, clone_flags: CloneFlags, join_ns: &[(i32, PathBuf)]) -> Option<&'static str> {
+    let has = |f: CloneFlags| clone_flags.contains(f) || join_ns.iter().any(|(j, _)| *j == f.bits());
+    const IPC: [&str; 8] =
+        ["kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"];
+    if IPC.contains(&k) || k.starts_with("fs.mqueue.") {
+        return (!has(CloneFlags::CLONE_NEWIPC)).then_some("an ipc sysctl needs an ipc namespace (linux.namespaces)");
+    }
+    if k.starts_with("net.") {
+        return (!has(CloneFlags::CLONE_NEWNET)).then_some("a net sysctl needs a network namespace (linux.namespaces)");
+    }
+    match k {
+        "kernel.domainname" if has(CloneFlags::CLONE_NEWUTS) => None,
+        "kernel.hostname" => Some("set the spec's hostname instead"),
+        _ => Some("not in a namespace of the container's own: writing it would change the host"),
+    }
+}
+
 fn propagation_flag(p: &str) -> Option<MsFlags> {
     Some(match p {
         "shared" => MsFlags::MS_SHARED,
@@ -710,6 +732,9 @@ mod tests {
             (serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true"}]}}), "hooks"),
             (serde_json::json!({"linux": {"resources": {"memory": {"limit": 0}}}}), "linux.resources.memory.limit"),
             (serde_json::json!({"linux": {"rootfsPropagation": "sideways"}}), "linux.rootfsPropagation"),
+            (serde_json::json!({"linux": {"sysctl": {"vm.swappiness": "10"}}}), "linux.sysctl.vm.swappiness"),
+            (serde_json::json!({"linux": {"sysctl": {"net.ipv4.ip_forward": "1"}}}), "linux.sysctl.net.ipv4.ip_forward"),
+            (serde_json::json!({"linux": {"sysctl": {"kernel.shmmax": "1"}}}), "linux.sysctl.kernel.shmmax"),
             (serde_json::json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "network", "path": "/nonexistent/ns"}]}}), "linux.namespaces[1].path"),
         ] {
             let e = plan(extra).unwrap_err().to_string();
@@ -785,6 +810,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("linux.resources.devices[1].access"), "{e}");
+    }
+
+    #[test]
+    fn namespaced_sysctls_pass() {
+        let p = plan(serde_json::json!({"linux": {
+            "namespaces": [{"type": "mount"}, {"type": "ipc"}, {"type": "network"}, {"type": "uts"}],
+            "sysctl": {"kernel.shmmax": "1", "fs.mqueue.msg_max": "20", "net.core.somaxconn": "100", "kernel.domainname": "x"}
+        }}))
+        .unwrap();
+        assert_eq!(p.sysctl.len(), 4);
     }
 
     #[test]
