@@ -34,6 +34,15 @@ use crate::{CGROUP_ROOT, RUNTIME_ID};
 type ZygoteFactory = Box<dyn Fn() -> Result<Zygote, ZygoteError> + Send + Sync>;
 static ZYGOTE_FACTORY: OnceLock<ZygoteFactory> = OnceLock::new();
 
+type PlanHook = Box<dyn Fn(&mut Plan) + Send + Sync>;
+static PLAN_HOOK: OnceLock<PlanHook> = OnceLock::new();
+
+/// Sets a step that completes every plan at Create, before its process is cloned (the
+/// daemon's AOT cache names the compiled module there). Set before [`run_daemon`].
+pub fn set_plan_hook(hook: impl Fn(&mut Plan) + Send + Sync + 'static) {
+    let _ = PLAN_HOOK.set(Box::new(hook));
+}
+
 /// Entry point of the shim daemon: serves the Task API, creating containers through the
 /// fork server that `factory` forks. `factory` runs before any thread exists.
 pub fn run_daemon(factory: impl Fn() -> Result<Zygote, ZygoteError> + Send + Sync + 'static) {
@@ -251,12 +260,15 @@ impl TaskService {
         let bundle = Bundle::load(bundle_dir).map_err(|source| TaskError::Bundle { id: id.clone(), source })?;
         let entry = wshim_oci::detect(&bundle).map_err(|source| TaskError::Entrypoint { id: id.clone(), source })?;
         let stdio = Stdio { stdin: opt_path(&req.stdin), stdout: opt_path(&req.stdout), stderr: opt_path(&req.stderr) };
-        let plan = Plan::from_bundle(&id, &bundle, entry, stdio).map_err(|source| TaskError::Spec { id: id.clone(), source })?;
+        let mut plan = Plan::from_bundle(&id, &bundle, entry, stdio).map_err(|source| TaskError::Spec { id: id.clone(), source })?;
         if req.terminal {
             return Err(TaskError::Spec {
                 id,
                 source: wshim_sandbox::PlanError::Unsupported { field: "process.terminal".into(), why: "terminals come with the Task API work" },
             });
+        }
+        if let Some(hook) = PLAN_HOOK.get() {
+            hook(&mut plan);
         }
         match create_container(plan, &self.inner.zygote, &self.inner.cgroup_root) {
             Ok(c) => Ok(c),

@@ -69,6 +69,9 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).ctx(Step::Session, "process.oomScoreAdj")?;
     }
     open_stdio(plan)?;
+    // Likewise the payload's host file. Opened, not failed on: prepare decides what a missing
+    // file means (the compiled module is an optimisation, the plain module is the fallback).
+    let payload_file = plan.payload_file.as_ref().map(std::fs::File::open);
 
     mounts::setup_rootfs(plan)?;
 
@@ -101,7 +104,7 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
 
     // Load the module while still root in the container: its file may be unreadable to the
     // process's user, like an executable that is exec-only.
-    let prepared = if plan.is_native() { None } else { Some(payload.prepare(plan).map_err(|e| SetupError::new(Step::Prepare, e))?) };
+    let prepared = if plan.is_native() { None } else { Some(payload.prepare(plan, payload_file).map_err(|e| SetupError::new(Step::Prepare, e))?) };
 
     // Without no_new_privs, loading a filter takes CAP_SYS_ADMIN: load it before the caps
     // go (the filter then also sees the setuid and capset calls, which profiles allow).

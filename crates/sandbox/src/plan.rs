@@ -106,6 +106,10 @@ pub struct Plan {
     pub cgroup_procs: Vec<PathBuf>,
     /// Filled in by the parent: (controller dir name, host dir) bound under a `cgroup` mount.
     pub cgroup_mount_sources: Vec<(String, PathBuf)>,
+    /// A host file the payload needs besides the process (e.g. a compiled form of it). The
+    /// child opens it before pivot_root hides host paths, and hands it to `Payload::prepare`.
+    #[serde(default)]
+    pub payload_file: Option<PathBuf>,
 }
 
 /// The default devices every container gets (OCI runtime spec, "Default Devices").
@@ -307,6 +311,7 @@ impl Plan {
             stdio,
             cgroup_procs: Vec::new(),
             cgroup_mount_sources: Vec::new(),
+            payload_file: None,
         })
     }
 
