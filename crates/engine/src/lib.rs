@@ -183,7 +183,7 @@ pub fn attach_aot(cache: &aot::AotCache, plan: &mut Plan) {
         Ok(a @ (aot::Artifact::Hit(_) | aot::Artifact::Compiled(_))) => {
             let hit = matches!(a, aot::Artifact::Hit(_));
             let path = a.path().expect("hit or compiled").to_path_buf();
-            info!(id = id, module:% = module.display(), entry:% = path.display(), hit = hit; "AOT: using cached artifact");
+            info!(id = id, module:% = module.display(), entry:% = path.display(), hit = hit; "AOT: running the compiled module");
             plan.payload_file = Some(path);
         }
         Err(e) => warn!(id = id, module:% = module.display(), error:% = e; "AOT cache fault; running the module uncompiled"),
