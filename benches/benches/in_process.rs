@@ -96,6 +96,17 @@ fn aot_benches(c: &mut Criterion) {
         g.bench_function(format!("interpreted/{name}"), |b| b.iter(|| create_to_start(&dir, None)));
         g.bench_function(format!("aot_cached/{name}"), |b| b.iter(|| create_to_start(&dir, Some(&cache))));
     }
+    // The daemon's share of a hit: read and hash the module, find the entry, check it loads.
+    let dir = d.path().join("entered");
+    g.bench_function("aot_hit_daemon_side/entered", |b| {
+        b.iter(|| {
+            let bundle = Bundle::load(&dir).unwrap();
+            let entry = detect(&bundle).unwrap();
+            let mut plan = Plan::from_bundle("bench", &bundle, entry, Stdio::default()).unwrap();
+            attach_aot(&cache, &mut plan);
+            plan
+        })
+    });
     g.finish();
 }
 

@@ -70,7 +70,7 @@ fn first_run_compiles_the_next_reuses_and_a_broken_entry_is_replaced() {
     assert_eq!((r.code, r.stdout.as_str()), (0, HELLO), "{r:?}");
     let log = std::fs::read_to_string("/run/wshim/containerd.log").unwrap();
     assert!(
-        log.lines().any(|l| l.contains("level=warn") && l.contains("does not load: removed") && l.contains(&sha)),
+        log.lines().any(|l| l.contains("level=warn") && l.contains("AOT cache entry is broken: removed") && l.contains(&sha)),
         "no warning about the broken entry of {sha}"
     );
     assert!(ran_compiled("e2e-aot-hello-3", false), "{:#?}", log_of("e2e-aot-hello-3"));

@@ -146,20 +146,25 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Whether `module` already carries WasmEdge's AOT section (universal wasm, e.g. made by
 /// `wasm-oci --aot`): such a module is loaded as it is.
 pub fn is_precompiled(module: &[u8]) -> bool {
-    let Some(mut rest) = module.strip_prefix(b"\0asm\x01\0\0\0".as_slice()) else { return false };
+    matches!(scan_sections(module), Some((true, _)))
+}
+
+/// Walks the sections of a wasm binary: (has the AOT section, ends exactly at the last
+/// section), or None if it is not a wasm binary or a section overruns the end.
+fn scan_sections(module: &[u8]) -> Option<(bool, bool)> {
+    let mut rest = module.strip_prefix(b"\0asm\x01\0\0\0".as_slice())?;
+    let mut aot = false;
     while let Some((&id, r)) = rest.split_first() {
-        let Some((size, r)) = leb128_u32(r) else { return false };
-        let Some(body) = r.get(..size as usize) else { return false };
+        let (size, r) = leb128_u32(r)?;
+        let body = r.get(..size as usize)?;
         if id == 0 {
             if let Some((len, name)) = leb128_u32(body) {
-                if name.get(..len as usize) == Some(AOT_SECTION.as_bytes()) {
-                    return true;
-                }
+                aot |= name.get(..len as usize) == Some(AOT_SECTION.as_bytes());
             }
         }
         rest = &r[size as usize..];
     }
-    false
+    Some((aot, rest.is_empty()))
 }
 
 fn leb128_u32(b: &[u8]) -> Option<(u32, &[u8])> {
@@ -294,19 +299,27 @@ impl AotCache {
         Ok(())
     }
 
-    /// An existing entry that loads, its mtime refreshed (the LRU order). An entry that does
+    /// An existing entry that looks whole, its mtime refreshed (the LRU order). An entry that does
     /// not load is removed, with a warning.
     fn check_hit(&self, sha: &str, entry: &Path) -> Option<Artifact> {
         let mut f = File::open(entry).ok()?;
         let mut bytes = Vec::new();
+        // A structural check, not a load: loading the native code costs as much as the
+        // container's own load (it doubled a hit's cost for a small module). Entries are
+        // loaded once before they are renamed into place; this catches truncation and
+        // foreign writes, and a container that cannot load its artifact loads the module.
         let loads = match f.read_to_end(&mut bytes) {
-            Ok(_) if self.options.format == Format::Universal => load_artifact(&bytes),
+            Ok(_) if self.options.format == Format::Universal => match scan_sections(&bytes) {
+                Some((true, true)) => Ok(()),
+                Some((false, _)) => Err("no AOT section".to_string()),
+                _ => Err("truncated or malformed wasm".to_string()),
+            },
             Ok(_) if bytes.starts_with(b"\x7fELF") => Ok(()),
             Ok(_) => Err("not an ELF shared object".into()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(message) = loads {
-            warn!(sha256 = sha, entry:% = entry.display(), error = message.as_str(); "AOT cache entry does not load: removed");
+            warn!(sha256 = sha, entry:% = entry.display(), error = message.as_str(); "AOT cache entry is broken: removed");
             let _ = std::fs::remove_file(entry);
             return None;
         }
