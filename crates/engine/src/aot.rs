@@ -359,12 +359,15 @@ impl AotCache {
     }
 
     /// Removes the least recently used entries (never `keep`) until the total fits the bound,
-    /// and temp files that a dead compile left behind.
+    /// and, after an hour, temp files that a dead compile left and lock files of failed ones.
     pub fn evict(&self, keep: Option<&Path>) {
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.filter_map(Result::ok) {
                 let stale = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > STALE_TEMP);
-                if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && stale {
+                let name = e.file_name().to_string_lossy().into_owned();
+                // A lock file whose entry never came (a failed compile) is only clutter.
+                let orphan_lock = name.strip_suffix(".lock").is_some_and(|key| !self.dir.join(format!("{key}.{}", self.options.extension())).exists());
+                if stale && (name.starts_with(TEMP_PREFIX) || orphan_lock) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

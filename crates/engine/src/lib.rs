@@ -257,6 +257,22 @@ mod tests {
     }
 
     #[test]
+    fn the_module_is_read_inside_the_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("app")).unwrap();
+        std::fs::write(rootfs.join("app/m.wasm"), b"inside").unwrap();
+        std::fs::write(d.path().join("host.wasm"), b"host").unwrap();
+        std::os::unix::fs::symlink("/app/m.wasm", rootfs.join("abs.wasm")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("host.wasm"), rootfs.join("escape.wasm")).unwrap();
+        std::os::unix::fs::symlink("../../host.wasm", rootfs.join("app/dotdot.wasm")).unwrap();
+        assert_eq!(read_in_root(&rootfs, Path::new("/app/m.wasm")).unwrap(), b"inside");
+        assert_eq!(read_in_root(&rootfs, Path::new("/abs.wasm")).unwrap(), b"inside", "absolute links resolve in the rootfs");
+        assert!(read_in_root(&rootfs, Path::new("/escape.wasm")).is_err(), "a link to a host path does not reach the host");
+        assert!(read_in_root(&rootfs, Path::new("/app/dotdot.wasm")).is_err(), ".. stops at the rootfs");
+    }
+
+    #[test]
     fn preopens_follow_cwd() {
         assert_eq!(container_preopens(Path::new("/")), vec!["/:/"]);
         assert_eq!(container_preopens(Path::new("/app")), vec!["/:/", ".:/app"]);
