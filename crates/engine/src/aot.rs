@@ -15,7 +15,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -133,6 +133,93 @@ pub fn compile(module: &[u8], options: &CompileOptions, out: &Path) -> Result<()
     })
 }
 
+/// Compiles `module` into `out` by running `exe aot-compile OPTIONS` ([`helper_main`]):
+/// the module on its stdin, the artifact on its stdout (which is `out`).
+pub fn compile_in_helper(exe: &Path, timeout: Duration, module: &[u8], options: &CompileOptions, out: &Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let stdout = File::options().write(true).create_new(true).open(out).map_err(|e| format!("create {}: {e}", out.display()))?;
+    let mut child = Command::new(exe)
+        .args([HELPER_ARG, &options.opt_level.to_string(), options.extension(), if options.interruptible { "1" } else { "0" }])
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run {}: {e}", exe.display()))?;
+    // Fed from a thread, so that a helper that neither reads nor exits still meets the time
+    // limit (killing it ends the write with EPIPE).
+    let mut stdin = child.stdin.take().expect("piped");
+    let module = module.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&module));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the compile helper took more than {} s", timeout.as_secs()));
+            }
+            Err(e) => return Err(format!("wait for the compile helper: {e}")),
+        }
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if !status.success() {
+        return Err(format!("the compile helper failed ({status}): {}", err.trim()));
+    }
+    feeder.join().map_err(|_| "the feeding thread panicked".to_string())?.map_err(|e| format!("feed the compile helper: {e}"))?;
+    Ok(())
+}
+
+/// The compile helper: when `args` are `EXE aot-compile LEVEL FORMAT INTERRUPTIBLE`, compiles
+/// the module on stdin to stdout and returns the exit code; None for any other arguments.
+/// Call it first thing in `main`.
+pub fn helper_main(args: &[String]) -> Option<i32> {
+    let [_, verb, level, format, interruptible] = args else { return None };
+    if verb != HELPER_ARG {
+        return None;
+    }
+    let options = CompileOptions {
+        opt_level: level.parse().unwrap_or(2),
+        format: if format == "so" { Format::Native } else { Format::Universal },
+        interruptible: interruptible == "1",
+    };
+    match run_helper(&options) {
+        Ok(()) => Some(0),
+        Err(e) => {
+            eprintln!("{e}");
+            Some(1)
+        }
+    }
+}
+
+fn run_helper(options: &CompileOptions) -> Result<(), String> {
+    use std::io::Write;
+    let mut module = Vec::new();
+    std::io::stdin().read_to_end(&mut module).map_err(|e| format!("read the module: {e}"))?;
+    // Untrusted input goes to LLVM: not as root, and unable to regain it.
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::Gid::from_raw(65534);
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        nix::unistd::setgid(nobody).map_err(|e| format!("setgid: {e}"))?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).map_err(|e| format!("setuid: {e}"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    // The compiler writes to a path: a private directory of ours.
+    let dir = std::env::temp_dir().join(format!("wshim-aot-{}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let out = dir.join("out");
+    let result = compile(&module, options, &out).and_then(|()| std::fs::read(&out).map_err(|e| e.to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bytes = result?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&bytes).and_then(|()| stdout.flush()).map_err(|e| format!("write the artifact: {e}"))
+}
+
 /// The WasmEdge version this process runs, as used in keys.
 pub fn wasmedge_version() -> String {
     wasmedge_sdk::utils::CoreVersion::version_string().chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect()
@@ -203,12 +290,30 @@ impl Artifact {
     }
 }
 
+/// Where the compiler runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileIn {
+    /// In the calling process (tools, tests).
+    ThisProcess,
+    /// In a helper process: this executable (whose `main` calls [`helper_main`]) run with
+    /// `aot-compile`. The shim daemon uses it: a crash of LLVM on an odd module must not take
+    /// the daemon and its containers down, and the helper compiles untrusted input without
+    /// root (uid/gid 65534, no_new_privs) and under a time limit.
+    Helper { exe: PathBuf, timeout: Duration },
+}
+
+/// The argument that makes an executable a compile helper ([`helper_main`]).
+pub const HELPER_ARG: &str = "aot-compile";
+/// How long a helper may compile before the module runs uncompiled.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The cache: a directory of compiled modules with a bound on its total size.
 #[derive(Debug, Clone)]
 pub struct AotCache {
     pub dir: PathBuf,
     pub max_bytes: u64,
     pub options: CompileOptions,
+    pub compile_in: CompileIn,
     version: String,
 }
 
@@ -217,7 +322,7 @@ struct KeyLock(#[allow(dead_code)] Flock<File>);
 
 impl AotCache {
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64, options: CompileOptions) -> AotCache {
-        AotCache { dir: dir.into(), max_bytes, options, version: wasmedge_version() }
+        AotCache { dir: dir.into(), max_bytes, options, compile_in: CompileIn::ThisProcess, version: wasmedge_version() }
     }
 
     /// The daemon's cache as the environment configures it: `None` when `WSHIM_AOT=off`.
@@ -290,7 +395,11 @@ impl AotCache {
     }
 
     fn compile_to(&self, module: &[u8], sha: &str, tmp: &Path) -> Result<(), AotError> {
-        compile(module, &self.options, tmp).map_err(|message| AotError::Compile { sha256: sha.into(), message })?;
+        let compiled = match &self.compile_in {
+            CompileIn::ThisProcess => compile(module, &self.options, tmp),
+            CompileIn::Helper { exe, timeout } => compile_in_helper(exe, *timeout, module, &self.options, tmp),
+        };
+        compiled.map_err(|message| AotError::Compile { sha256: sha.into(), message })?;
         // Never rename into place what would not load.
         let bytes = std::fs::read(tmp).map_err(|source| AotError::Entry { path: tmp.to_path_buf(), source })?;
         if self.options.format == Format::Universal {
@@ -567,6 +676,27 @@ mod tests {
         assert_eq!(c.get_or_compile(&pre).unwrap(), Artifact::Precompiled);
         assert!(c.entries().is_empty());
         assert_eq!(run_bytes(&pre), Outcome::Exited(5));
+    }
+
+    #[test]
+    fn a_failing_or_lying_compile_helper_leaves_no_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cache(d.path(), DEFAULT_MAX_BYTES);
+        let m = exiting(4);
+        // Exits 1; exits 0 without reading the module or writing an artifact.
+        for (exe, want) in [("/bin/false", &["failed"][..]), ("/bin/true", &["feed the compile helper", "does not load"][..])] {
+            c.compile_in = CompileIn::Helper { exe: exe.into(), timeout: HELPER_TIMEOUT };
+            let e = c.get_or_compile(&m).unwrap_err().to_string();
+            assert!(want.iter().any(|w| e.contains(w)) && e.contains(&sha256_hex(&m)), "{exe}: {e}");
+            assert!(c.entries().is_empty() && temp_files(&c).is_empty(), "{exe}");
+        }
+    }
+
+    #[test]
+    fn helper_main_only_answers_its_own_arguments() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(helper_main(&args(&["daemon", "-namespace", "default", "-id", "x"])), None);
+        assert_eq!(helper_main(&args(&["daemon", "start", "2", "wasm", "1"])), None);
     }
 
     #[test]
