@@ -134,45 +134,58 @@ pub fn compile(module: &[u8], options: &CompileOptions, out: &Path) -> Result<()
 }
 
 /// Compiles `module` into `out` by running `exe aot-compile OPTIONS` ([`helper_main`]):
-/// the module on its stdin, the artifact on its stdout (which is `out`).
+/// the module on its stdin, the artifact on its stdout.
+///
+/// The outcome is read from the pipes, not from the exit status: in the shim daemon,
+/// containerd-shim's reaper reaps every child, so `waitpid` may find none (ECHILD). A helper
+/// that fails writes no artifact (the caller loads what it gets before keeping it) and says
+/// why on stderr.
 pub fn compile_in_helper(exe: &Path, timeout: Duration, module: &[u8], options: &CompileOptions, out: &Path) -> Result<(), String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let stdout = File::options().write(true).create_new(true).open(out).map_err(|e| format!("create {}: {e}", out.display()))?;
     let mut child = Command::new(exe)
         .args([HELPER_ARG, &options.opt_level.to_string(), options.extension(), if options.interruptible { "1" } else { "0" }])
         .stdin(Stdio::piped())
-        .stdout(stdout)
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("run {}: {e}", exe.display()))?;
-    // Fed from a thread, so that a helper that neither reads nor exits still meets the time
-    // limit (killing it ends the write with EPIPE).
+    let pid = child.id();
+    // Fed and drained from threads: a helper that neither reads nor exits still meets the
+    // time limit (killing it ends the write with EPIPE and the reads with EOF).
     let mut stdin = child.stdin.take().expect("piped");
     let module = module.to_vec();
     let feeder = std::thread::spawn(move || stdin.write_all(&module));
-    let deadline = std::time::Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("the compile helper took more than {} s", timeout.as_secs()));
-            }
-            Err(e) => return Err(format!("wait for the compile helper: {e}")),
+    let mut stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = tx.send(stdout.read_to_end(&mut v).map(|_| v));
+    });
+    let mut stderr = child.stderr.take().expect("piped");
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let artifact = match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => {
+            // Its stdout is still open, so it has not exited: the pid is still its own.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(format!("the compile helper took more than {} s", timeout.as_secs()));
         }
     };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    if !status.success() {
-        return Err(format!("the compile helper failed ({status}): {}", err.trim()));
+    let message = errs.join().unwrap_or_default();
+    let status = child.wait().ok();
+    let artifact = artifact.map_err(|e| format!("read the compile helper's output: {e}"))?;
+    if artifact.is_empty() || status.is_some_and(|s| !s.success()) {
+        let status = status.map_or("reaped elsewhere".to_string(), |s| s.to_string());
+        return Err(format!("the compile helper failed ({status}): {}", message.trim()));
     }
     feeder.join().map_err(|_| "the feeding thread panicked".to_string())?.map_err(|e| format!("feed the compile helper: {e}"))?;
-    Ok(())
+    std::fs::write(out, &artifact).map_err(|e| format!("write {}: {e}", out.display()))
 }
 
 /// The compile helper: when `args` are `EXE aot-compile LEVEL FORMAT INTERRUPTIBLE`, compiles
@@ -683,8 +696,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut c = cache(d.path(), DEFAULT_MAX_BYTES);
         let m = exiting(4);
-        // Exits 1; exits 0 without reading the module or writing an artifact.
-        for (exe, want) in [("/bin/false", &["failed"][..]), ("/bin/true", &["feed the compile helper", "does not load"][..])] {
+        // Exits 1; exits 0 without an artifact; writes something that is not one.
+        // (echo may exit before the module is written: then that write fails first.)
+        let cases: [(&str, &[&str]); 3] = [
+            ("/bin/false", &["failed (exit status: 1)"]),
+            ("/bin/true", &["failed (exit status: 0)"]),
+            ("/bin/echo", &["does not load", "feed the compile helper"]),
+        ];
+        for (exe, want) in cases {
             c.compile_in = CompileIn::Helper { exe: exe.into(), timeout: HELPER_TIMEOUT };
             let e = c.get_or_compile(&m).unwrap_err().to_string();
             assert!(want.iter().any(|w| e.contains(w)) && e.contains(&sha256_hex(&m)), "{exe}: {e}");
