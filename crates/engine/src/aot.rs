@@ -388,6 +388,7 @@ impl AotCache {
             return Ok(hit);
         }
         let tmp = self.dir.join(format!("{TEMP_PREFIX}{key}-{}", unique()));
+        let started = std::time::Instant::now();
         let result = self.compile_to(module, &sha, &tmp);
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);
@@ -402,7 +403,8 @@ impl AotCache {
             let _ = std::fs::remove_file(&tmp);
             AotError::Entry { path: entry.clone(), source }
         })?;
-        info!(sha256 = sha.as_str(), entry:% = entry.display(), bytes = size; "AOT compiled");
+        let ms = started.elapsed().as_millis() as u64;
+        info!(sha256 = sha.as_str(), entry:% = entry.display(), bytes = size, compile_ms = ms; "AOT compiled");
         self.evict(Some(&entry));
         Ok(Artifact::Compiled(entry))
     }
