@@ -53,6 +53,11 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
         std::fs::write(f, "0").ctx(Step::JoinCgroup, f.display())?;
     }
 
+    // The payload's host file (in the cache of the shim's mount namespace): before a joined
+    // mount namespace or pivot_root can hide it. Opened, not failed on: prepare decides what
+    // a missing file means (a compiled module is an optimisation; the module is the fallback).
+    let payload_file = plan.payload_file.as_ref().map(std::fs::File::open);
+
     // Namespaces given by path (a pod's shared ones). Before any mount work, so a joined
     // mount namespace is the one the container's mounts go into.
     // (A pid namespace was joined by the fork server, before the clone.)
@@ -69,9 +74,6 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, payload: &P) -> Result<i32, Set
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).ctx(Step::Session, "process.oomScoreAdj")?;
     }
     open_stdio(plan)?;
-    // Likewise the payload's host file. Opened, not failed on: prepare decides what a missing
-    // file means (the compiled module is an optimisation, the plain module is the fallback).
-    let payload_file = plan.payload_file.as_ref().map(std::fs::File::open);
 
     mounts::setup_rootfs(plan)?;
 
