@@ -142,7 +142,8 @@ pub fn shims_of(id: &str) -> Vec<String> {
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
         let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim-wasmedge-v1"));
+        // Only this checkout's shims: another checkout's containerd may run the same test ids.
+        let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim-wasmedge-v1") && a.starts_with(&*repo().to_string_lossy()));
         if is_shim && args.windows(2).any(|w| w[0] == "-id" && w[1] == id) {
             found.push(format!("{}: {}", e.file_name().to_string_lossy(), args.join(" ")));
         }

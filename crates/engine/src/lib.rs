@@ -2,8 +2,13 @@
 //! instantiate WASI with the process's args, env and the root filesystem, and call the
 //! entrypoint (at Start). Knows nothing of Linux setup: it runs inside a finished container.
 
+pub mod aot;
+
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use log::{info, warn};
 
 use wasmedge_sdk::error::{CoreCommonError, CoreError, WasmEdgeError};
 use wasmedge_sdk::vm::SyncInst;
@@ -39,6 +44,31 @@ pub struct LoadedModule {
 /// Loads and validates the module at `path` and checks that `func` is an exported function.
 pub fn load_module(path: &Path, func: &str) -> Result<LoadedModule, EngineError> {
     let module = Module::from_file(None, path).map_err(|e| EngineError::InvalidModule { path: path.to_path_buf(), message: e.to_string() })?;
+    with_entrypoint(module, path, func)
+}
+
+/// Loads `bytes` (a module, or its AOT-compiled universal wasm) as the module at `path`, and
+/// checks that `func` is an exported function.
+pub fn load_module_bytes(bytes: &[u8], path: &Path, func: &str) -> Result<LoadedModule, EngineError> {
+    let module = Module::from_bytes(None, bytes).map_err(|e| EngineError::InvalidModule { path: path.to_path_buf(), message: e.to_string() })?;
+    with_entrypoint(module, path, func)
+}
+
+/// Loads the compiled `artifact` of the module at `path` if it can be read and loaded, else the
+/// module itself.
+pub fn load_preferring_artifact(artifact: Option<std::io::Result<std::fs::File>>, path: &Path, func: &str) -> Result<LoadedModule, EngineError> {
+    if let Some(Ok(mut f)) = artifact {
+        let mut bytes = Vec::new();
+        if f.read_to_end(&mut bytes).is_ok() {
+            if let Ok(loaded) = load_module_bytes(&bytes, path, func) {
+                return Ok(loaded);
+            }
+        }
+    }
+    load_module(path, func)
+}
+
+fn with_entrypoint(module: Module, path: &Path, func: &str) -> Result<LoadedModule, EngineError> {
     match module.get_export(func) {
         Some(ExternalInstanceType::Func(_)) => Ok(LoadedModule { module, func: func.to_string() }),
         Some(_) => Err(EngineError::NotAFunction { path: path.to_path_buf(), func: func.to_string() }),
@@ -104,9 +134,11 @@ pub struct WasmEdgePayload;
 impl Payload for WasmEdgePayload {
     type Prepared = LoadedModule;
 
-    fn prepare(&self, plan: &Plan) -> Result<LoadedModule, String> {
+    /// `file` is the module's AOT artifact from the node's cache ([`attach_aot`]). It is only
+    /// an optimisation: if it cannot be read or loaded, the plain module is loaded instead.
+    fn prepare(&self, plan: &Plan, file: Option<std::io::Result<std::fs::File>>) -> Result<LoadedModule, String> {
         let Entrypoint::Wasm { module, func } = &plan.entry else { return Err(EngineError::NotWasm.to_string()) };
-        load_module(module, func).map_err(|e| e.to_string())
+        load_preferring_artifact(file, module, func).map_err(|e| e.to_string())
     }
 
     fn run(&self, prepared: LoadedModule, plan: &Plan) -> (i32, Option<String>) {
@@ -124,6 +156,51 @@ impl Payload for WasmEdgePayload {
             }
         }
     }
+}
+
+/// Gets the AOT artifact of `plan`'s module from `cache`, compiling it on a miss, and names
+/// it in `plan.payload_file` for the container to load. Called by the daemon at Create,
+/// before the container process is cloned. On any fault of the cache the plan is left as it
+/// is (the module runs uncompiled) and a warning is logged.
+///
+/// A miss compiles synchronously, in this Create call: the daemon lives only as long as its
+/// containers, so a background compile would often die with it (a `ctr run --rm` of a short
+/// job would never get its module compiled), and a compile is paid once per node and module.
+/// The price is a slower first Create of a big module; `wasm-oci --aot` avoids it by shipping
+/// the artifact in the image.
+pub fn attach_aot(cache: &aot::AotCache, plan: &mut Plan) {
+    let Entrypoint::Wasm { module, .. } = &plan.entry else { return };
+    let id = plan.id.as_str();
+    let bytes = match read_in_root(&plan.rootfs, module) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(id = id, module:% = module.display(), error:% = e; "AOT: cannot read the module; running it uncompiled");
+            return;
+        }
+    };
+    match cache.get_or_compile(&bytes) {
+        Ok(aot::Artifact::Precompiled) => info!(id = id, module:% = module.display(); "AOT: module is precompiled"),
+        Ok(a @ (aot::Artifact::Hit(_) | aot::Artifact::Compiled(_))) => {
+            let hit = matches!(a, aot::Artifact::Hit(_));
+            let path = a.path().expect("hit or compiled").to_path_buf();
+            info!(id = id, module:% = module.display(), entry:% = path.display(), hit = hit; "AOT: running the compiled module");
+            plan.payload_file = Some(path);
+        }
+        Err(e) => warn!(id = id, module:% = module.display(), error:% = e; "AOT cache fault; running the module uncompiled"),
+    }
+}
+
+/// Reads `path` (a path inside the container) from `rootfs`, resolving symlinks as the
+/// container would (never out of its root).
+fn read_in_root(rootfs: &Path, path: &Path) -> std::io::Result<Vec<u8>> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let root = std::fs::File::open(rootfs)?;
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let how = OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_IN_ROOT);
+    let fd = openat2(&root, rel, how)?;
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -177,6 +254,22 @@ mod tests {
         std::fs::write(&bad, b"\0asm\x01\0\0\0\xff\xff").unwrap();
         let e = load_module(&bad, "_start").err().unwrap().to_string();
         assert!(e.contains("bad.wasm") && e.contains("not a valid wasm module"), "{e}");
+    }
+
+    #[test]
+    fn the_module_is_read_inside_the_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("app")).unwrap();
+        std::fs::write(rootfs.join("app/m.wasm"), b"inside").unwrap();
+        std::fs::write(d.path().join("host.wasm"), b"host").unwrap();
+        std::os::unix::fs::symlink("/app/m.wasm", rootfs.join("abs.wasm")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("host.wasm"), rootfs.join("escape.wasm")).unwrap();
+        std::os::unix::fs::symlink("../../host.wasm", rootfs.join("app/dotdot.wasm")).unwrap();
+        assert_eq!(read_in_root(&rootfs, Path::new("/app/m.wasm")).unwrap(), b"inside");
+        assert_eq!(read_in_root(&rootfs, Path::new("/abs.wasm")).unwrap(), b"inside", "absolute links resolve in the rootfs");
+        assert!(read_in_root(&rootfs, Path::new("/escape.wasm")).is_err(), "a link to a host path does not reach the host");
+        assert!(read_in_root(&rootfs, Path::new("/app/dotdot.wasm")).is_err(), ".. stops at the rootfs");
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod stdio;
 
 pub use error::{to_ttrpc, TaskError};
 pub use front::{cleanup_bundle, run_front, DAEMON_NAME};
-pub use service::{run_daemon, TaskService};
+pub use service::{run_daemon, set_plan_hook, TaskService};
 
 /// The runtime type containerd knows us by.
 pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";

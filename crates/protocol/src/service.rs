@@ -42,6 +42,15 @@ use crate::{CGROUP_ROOT, RUNTIME_ID};
 type ZygoteFactory = Box<dyn Fn() -> Result<Zygote, ZygoteError> + Send + Sync>;
 static ZYGOTE_FACTORY: OnceLock<ZygoteFactory> = OnceLock::new();
 
+type PlanHook = Box<dyn Fn(&mut Plan) + Send + Sync>;
+static PLAN_HOOK: OnceLock<PlanHook> = OnceLock::new();
+
+/// Sets a step that completes every plan at Create, before its process is cloned (the
+/// daemon's AOT cache names the compiled module there). Set before [`run_daemon`].
+pub fn set_plan_hook(hook: impl Fn(&mut Plan) + Send + Sync + 'static) {
+    let _ = PLAN_HOOK.set(Box::new(hook));
+}
+
 /// Entry point of the shim daemon: serves the Task API, creating containers through the
 /// fork server that `factory` forks. `factory` runs before any thread exists.
 pub fn run_daemon(factory: impl Fn() -> Result<Zygote, ZygoteError> + Send + Sync + 'static) {
@@ -379,10 +388,13 @@ impl TaskService {
         let bundle = Bundle::load(bundle_dir).map_err(|source| TaskError::Bundle { id: id.clone(), source })?;
         let entry = wshim_oci::detect(&bundle).map_err(|source| TaskError::Entrypoint { id: id.clone(), source })?;
         let stdio = Stdio { stdin: opt_path(&req.stdin), stdout: opt_path(&req.stdout), stderr: opt_path(&req.stderr) };
-        let plan = Plan::from_bundle(&id, &bundle, entry, stdio).map_err(|source| TaskError::Spec { id: id.clone(), source })?;
+        let mut plan = Plan::from_bundle(&id, &bundle, entry, stdio).map_err(|source| TaskError::Spec { id: id.clone(), source })?;
         if req.terminal != plan.terminal {
             let why = "containerd's terminal flag and process.terminal disagree";
             return Err(TaskError::BadRequest { id, field: "process.terminal", message: why.into() });
+        }
+        if let Some(hook) = PLAN_HOOK.get() {
+            hook(&mut plan);
         }
         let (child_io, pending) = open_io(&req.stdin, &req.stdout, &req.stderr, req.terminal).map_err(|source| TaskError::Io { id: id.clone(), source })?.split();
         match create_container(plan.clone(), &self.inner.zygote, &self.inner.cgroup_root, child_io) {
@@ -437,6 +449,10 @@ impl TaskService {
             let plan = t.plan.for_exec(&process, t.init.process.pid, entry).map_err(|source| TaskError::Spec { id: id.into(), source })?;
             (plan, t.init.process.pid)
         };
+        let mut plan = plan;
+        if let Some(hook) = PLAN_HOOK.get() {
+            hook(&mut plan);
+        }
         if req.terminal != plan.terminal {
             return Err(bad("containerd's terminal flag and process.terminal disagree".into()));
         }

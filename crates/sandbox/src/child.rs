@@ -56,6 +56,11 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
         std::fs::write(f, "0").ctx(Step::JoinCgroup, f.display())?;
     }
 
+    // The payload's host file (in the cache of the shim's mount namespace): before a joined
+    // mount namespace or pivot_root can hide it. Opened, not failed on: prepare decides what
+    // a missing file means (a compiled module is an optimisation; the module is the fallback).
+    let payload_file = plan.payload_file.as_ref().map(std::fs::File::open);
+
     // Namespaces given by path (a pod's shared ones, or all of a container's for an exec).
     // Before any mount work, so a joined mount namespace is the one the container's mounts
     // go into. (A pid namespace was joined by the fork server, before the clone; a user
@@ -128,7 +133,7 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
 
     // Load the module while still root in the container: its file may be unreadable to the
     // process's user, like an executable that is exec-only.
-    let prepared = if plan.is_native() { None } else { Some(payload.prepare(plan).map_err(|e| SetupError::new(Step::Prepare, e))?) };
+    let prepared = if plan.is_native() { None } else { Some(payload.prepare(plan, payload_file).map_err(|e| SetupError::new(Step::Prepare, e))?) };
 
     // Without no_new_privs, loading a filter takes CAP_SYS_ADMIN: load it before the caps
     // go (the filter then also sees the setuid and capset calls, which profiles allow).

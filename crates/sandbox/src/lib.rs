@@ -36,8 +36,9 @@ pub trait Payload {
     /// Whatever `prepare` made ready (a loaded, validated module).
     type Prepared;
     /// Called inside the finished container, before it reports ready to the shim: errors here
-    /// fail the Create call. `entry` is the plan's entrypoint.
-    fn prepare(&self, plan: &Plan) -> Result<Self::Prepared, String>;
+    /// fail the Create call. `entry` is the plan's entrypoint. `file` is `plan.payload_file`,
+    /// opened before pivot_root (None when the plan names none); it is closed after prepare.
+    fn prepare(&self, plan: &Plan, file: Option<std::io::Result<std::fs::File>>) -> Result<Self::Prepared, String>;
     /// Runs the process; returns its exit code and, if it ended abnormally (a trap), a
     /// message for the shim's log. Called after Start, with the user, capabilities and
     /// no_new_privs already applied.

@@ -116,6 +116,10 @@ pub struct Plan {
     pub exec: bool,
     /// `process.terminal`: stdio is a new pty whose master goes to the shim.
     pub terminal: bool,
+    /// A host file the payload needs besides the process (e.g. a compiled form of it). The
+    /// child opens it before pivot_root hides host paths, and hands it to `Payload::prepare`.
+    #[serde(default)]
+    pub payload_file: Option<PathBuf>,
 }
 
 /// The default devices every container gets (OCI runtime spec, "Default Devices").
@@ -287,6 +291,7 @@ impl Plan {
             stdio,
             cgroup_procs: Vec::new(),
             cgroup_mount_sources: Vec::new(),
+            payload_file: None,
             exec: false,
             terminal: process.terminal().unwrap_or(false),
         })
@@ -335,6 +340,8 @@ impl Plan {
             no_new_privs: process.no_new_privileges().unwrap_or(false),
             oom_score_adj: process.oom_score_adj().or(self.oom_score_adj),
             cgroup_procs: Vec::new(),
+            // The container's compiled module is not this process's.
+            payload_file: None,
             exec: true,
             terminal: process.terminal().unwrap_or(false),
             ..self.clone()

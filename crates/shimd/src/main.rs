@@ -1,5 +1,23 @@
 //! `containerd-shim-wasmedge-v1-daemon`: serves the Task API. Its fork server is forked at
 //! startup, before any thread, with WasmEdge already loaded (linked into this binary).
+//! Wasm modules are AOT-compiled through the node's cache (`WSHIM_AOT_DIR`, default
+//! /var/lib/wasmedge-shim/aot; `WSHIM_AOT=off` disables it), by this same binary run as a
+//! compile helper (`aot-compile`).
+use wshim_engine::aot::{helper_main, AotCache, CompileIn, HELPER_TIMEOUT};
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(code) = helper_main(&args) {
+        std::process::exit(code);
+    }
+    if let Some(mut cache) = AotCache::from_env() {
+        match std::env::current_exe() {
+            Ok(exe) => {
+                cache.compile_in = CompileIn::Helper { exe, timeout: HELPER_TIMEOUT };
+                wshim_protocol::set_plan_hook(move |plan| wshim_engine::attach_aot(&cache, plan));
+            }
+            Err(e) => eprintln!("containerd-shim-wasmedge-v1-daemon: AOT cache off: no path to this executable: {e}"),
+        }
+    }
     wshim_protocol::run_daemon(|| wshim_sandbox::Zygote::fork(wshim_engine::WasmEdgePayload));
 }
