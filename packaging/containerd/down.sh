@@ -25,6 +25,8 @@ if [ -f /run/wshim/containerd.pid ]; then
 fi
 # Only this checkout's shims: another checkout may run its own containerd beside this one.
 bin=$(cat /run/wshim/containerd.bin 2>/dev/null || echo "${WSHIM_BIN:-/nonexistent}")
+# The node fork server outlives every container by design: stop it, it is no leftover.
+pkill -f "^$bin/containerd-shim-wasmedge-v1-daemon node-server" 2>/dev/null && sleep 0.2
 left=$(pgrep -f "^$bin/containerd-shim-wasmedge-v1" || true)
 if [ -n "$left" ]; then
   echo "containerd-down: shim processes left behind: $left; killing them" >&2

@@ -25,6 +25,7 @@
  *   write:PATH       whether a file can be created in directory PATH
  *   sysctl:NAME      the value of /proc/sys/NAME (dots for slashes)
  *   stat:PATH        type, mode, owner of PATH
+ *   winsize          the terminal's size, waiting up to 3 s for a non-zero one
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -438,6 +439,12 @@ int main(int argc, char **argv) {
         else if (IS("ro")) readonly(param);
         else if (IS("write")) writable(param);
         else if (IS("sysctl")) sysctl(param);
+        else if (IS("winsize")) {
+            /* The terminal's size once it has one: ResizePty may come just after start. */
+            struct winsize ws = {0};
+            for (int i = 0; i < 300 && ioctl(0, TIOCGWINSZ, &ws) == 0 && ws.ws_col == 0; i++) usleep(10000);
+            printf("winsize=%ux%u\n", ws.ws_col, ws.ws_row);
+        }
         else if (IS("stat")) { char label[512]; snprintf(label, sizeof label, "stat:%s", param); describe(label, param); }
         else { printf("unknown-section=%s\n", a); return 2; }
         fflush(stdout);

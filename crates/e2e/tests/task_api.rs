@@ -129,7 +129,7 @@ fn run_with_a_terminal() {
 fn exec_with_a_terminal_is_its_controlling_tty_and_takes_the_size() {
     let id = "e2e-exec-tty";
     pause_container(id, &[]);
-    let r = on_a_terminal(&format!("tasks exec -t --exec-id tty1 {id} /probe"));
+    let r = on_a_terminal(&format!("tasks exec -t --exec-id tty1 {id} /probe basic winsize"));
     kill_and_remove(id);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("\r\r\n"), "no terminal line endings: {r:?}");
@@ -138,7 +138,8 @@ fn exec_with_a_terminal_is_its_controlling_tty_and_takes_the_size() {
     assert!(pid > 1, "{r:?}");
     // The pty has the size of the user's terminal (ResizePty), and is the process's
     // controlling terminal.
-    assert_eq!(field(&r.stdout, "tty"), "77x11 ctty=yes", "{r:?}");
+    assert!(field(&r.stdout, "tty").ends_with(" ctty=yes"), "{r:?}");
+    assert_eq!(field(&r.stdout, "winsize"), "77x11", "{r:?}");
 }
 
 #[test]

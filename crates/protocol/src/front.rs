@@ -12,10 +12,10 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::shim::shim_ttrpc::Task as TaskApi;
 use containerd_shim::util::write_address;
 use containerd_shim::{Config, ExitSignal, Flags, Shim, StartOpts};
-use log::warn;
+use log::{info, warn};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use wshim_sandbox::{cgroups_path, unmount_rootfs, Cgroup};
+use wshim_sandbox::{cgroups_path, request_fork, unmount_rootfs, Cgroup, ForkRequest};
 
 use crate::{CGROUP_ROOT, RUNTIME_ID, SANDBOX_ID_ANNOTATION};
 
@@ -92,34 +92,101 @@ pub(crate) fn start_shim(opts: StartOpts) -> containerd_shim::Result<String> {
         write_address(&address)?;
         return Ok(address);
     }
-    let mut cmd = Command::new(daemon_path());
-    cmd.current_dir(&cwd)
-        .args(["-namespace", &opts.namespace, "-id", &opts.id, "-address", &opts.address, "-socket", &address])
+    let mut args = vec![daemon_path().display().to_string()];
+    args.extend(["-namespace", &opts.namespace, "-id", &opts.id, "-address", &opts.address, "-socket", &address].map(String::from));
+    if opts.debug {
+        args.push("-debug".into());
+    }
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if !opts.ttrpc_address.is_empty() {
+        env.retain(|(k, _)| k != "TTRPC_ADDRESS");
+        env.push(("TTRPC_ADDRESS".into(), opts.ttrpc_address.clone()));
+    }
+    let req = ForkRequest { args, env, cwd };
+    // The node's fork server has WasmEdge loaded already; start it if it is not running.
+    // Only if it cannot be had, the daemon is exec'd (and loads WasmEdge itself).
+    let node = crate::daemon::node_socket(&opts.address);
+    let forked = fork_daemon(&node, &req).or_else(|e| {
+        info!(error:% = e; "starting the node fork server");
+        start_node_server(&node)?;
+        fork_daemon(&node, &req)
+    });
+    if let Err(e) = forked {
+        warn!(error:% = e; "no node fork server: exec'ing the daemon");
+        exec_daemon(&req)?;
+    }
+    if std::os::unix::net::UnixStream::connect(socket_path(&address)).is_err() {
+        return Err(containerd_shim::Error::Other(format!("{DAEMON_NAME} for {} did not start (see containerd's log)", opts.id)));
+    }
+    write_address(&address)?;
+    Ok(address)
+}
+
+fn other(e: impl std::fmt::Display) -> containerd_shim::Error {
+    containerd_shim::Error::Other(e.to_string())
+}
+
+/// Has the node fork server fork the daemon; returns once the daemon listens (it closes
+/// its stdout) or died.
+fn fork_daemon(node: &Path, req: &ForkRequest) -> containerd_shim::Result<()> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(other)?;
+    request_fork(node, req, w).map_err(other)?;
+    let mut sink = Vec::new();
+    let _ = std::fs::File::from(r).read_to_end(&mut sink);
+    Ok(())
+}
+
+/// Starts the node fork server (the daemon binary, `node-server PATH`) and waits until it
+/// answers.
+fn start_node_server(node: &Path) -> containerd_shim::Result<()> {
+    Command::new(daemon_path())
+        .arg("node-server")
+        .arg(node)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group: signals meant for containerd's group must not reach it.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| other(format!("spawn {}: {e}", daemon_path().display())))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if socket_answers(node) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(other(format!("node fork server {}: did not come up", node.display())))
+}
+
+/// A SOCK_SEQPACKET socket does not take a stream connection: try connecting for real.
+fn socket_answers(node: &Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(s) = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None) else { return false };
+    let Ok(addr) = UnixAddr::new(node) else { return false };
+    connect(std::os::fd::AsRawFd::as_raw_fd(&s), &addr).is_ok()
+}
+
+/// Without a node fork server: exec the daemon, which loads WasmEdge itself.
+fn exec_daemon(req: &ForkRequest) -> containerd_shim::Result<()> {
+    let mut child = Command::new(&req.args[0])
+        .args(&req.args[1..])
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&req.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         // Its own process group: signals meant for containerd's group must not reach it.
-        .process_group(0);
-    if opts.debug {
-        cmd.arg("-debug");
-    }
-    if !opts.ttrpc_address.is_empty() {
-        cmd.env("TTRPC_ADDRESS", &opts.ttrpc_address);
-    }
-    let mut child = cmd.spawn().map_err(|e| containerd_shim::Error::Other(format!("spawn {}: {e}", daemon_path().display())))?;
+        .process_group(0)
+        .spawn()
+        .map_err(|e| other(format!("spawn {}: {e}", daemon_path().display())))?;
     let mut sink = Vec::new();
     if let Some(mut out) = child.stdout.take() {
         let _ = out.read_to_end(&mut sink);
     }
-    // A daemon that found the address taken by a live shim exits at once; one that serves
-    // stays. Either way the socket answers now, or the daemon failed.
-    if let Ok(Some(status)) = child.try_wait() {
-        if !status.success() {
-            return Err(containerd_shim::Error::Other(format!("{DAEMON_NAME} exited with {status}")));
-        }
-    }
-    write_address(&address)?;
-    Ok(address)
+    Ok(())
 }
 
 /// `delete`: containerd's cleanup after a shim died. Kills what is left of the container,

@@ -3,6 +3,7 @@
 //! the sandbox crate and knows nothing about WasmEdge: the fork server it is handed decides
 //! how a wasm process runs.
 
+mod daemon;
 mod error;
 mod front;
 mod metrics;
@@ -12,7 +13,8 @@ mod stdio;
 
 pub use error::{to_ttrpc, TaskError};
 pub use front::{cleanup_bundle, run_front, DAEMON_NAME};
-pub use service::{run_daemon, set_plan_hook, TaskService};
+pub use daemon::{node_socket, run_daemon, run_node_server};
+pub use service::{set_plan_hook, TaskService};
 
 /// The runtime type containerd knows us by.
 pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";

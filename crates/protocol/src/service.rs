@@ -25,82 +25,27 @@ use containerd_shim::protos::topics::{
 };
 use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{api::Empty, Config, ExitSignal, Flags, Shim, StartOpts, Task as TaskApi, TtrpcContext, TtrpcResult};
+use containerd_shim::{api::Empty, ExitSignal, Task as TaskApi, TtrpcContext, TtrpcResult};
 use log::{error, info, warn};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Process};
 use wshim_oci::Bundle;
-use wshim_sandbox::{create_container, create_exec, mount_rootfs, unmount_rootfs, Container, Plan, RootfsMount, Stdio, Zygote, ZygoteError};
+use wshim_sandbox::{create_container, create_exec, mount_rootfs, unmount_rootfs, Container, Plan, RootfsMount, Stdio, Zygote};
 
 use crate::error::{to_ttrpc, TaskError};
 use crate::state::{Proc, Status, Task};
 use crate::stdio::{open_io, Relays};
-use crate::{CGROUP_ROOT, RUNTIME_ID};
-
-type ZygoteFactory = Box<dyn Fn() -> Result<Zygote, ZygoteError> + Send + Sync>;
-static ZYGOTE_FACTORY: OnceLock<ZygoteFactory> = OnceLock::new();
+use crate::CGROUP_ROOT;
 
 type PlanHook = Box<dyn Fn(&mut Plan) + Send + Sync>;
 static PLAN_HOOK: OnceLock<PlanHook> = OnceLock::new();
 
 /// Sets a step that completes every plan at Create, before its process is cloned (the
-/// daemon's AOT cache names the compiled module there). Set before [`run_daemon`].
+/// daemon's AOT cache names the compiled module there). Set before `run_daemon`.
 pub fn set_plan_hook(hook: impl Fn(&mut Plan) + Send + Sync + 'static) {
     let _ = PLAN_HOOK.set(Box::new(hook));
-}
-
-/// Entry point of the shim daemon: serves the Task API, creating containers through the
-/// fork server that `factory` forks. `factory` runs before any thread exists.
-pub fn run_daemon(factory: impl Fn() -> Result<Zygote, ZygoteError> + Send + Sync + 'static) {
-    let _ = ZYGOTE_FACTORY.set(Box::new(factory));
-    containerd_shim::run::<DaemonShim>(RUNTIME_ID, Some(Config { default_log_level: "info".into(), ..Default::default() }));
-}
-
-struct DaemonShim {
-    zygote: Option<Arc<Zygote>>,
-    namespace: String,
-    exit: Arc<ExitSignal>,
-}
-
-impl Shim for DaemonShim {
-    type T = TaskService;
-
-    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        // containerd_shim calls this before it starts any thread (its ttrpc server and
-        // signal loop come later), which is the one moment a fork is safe.
-        let zygote = if args.action.is_empty() {
-            let factory = ZYGOTE_FACTORY.get().expect("run_daemon sets the factory");
-            match factory() {
-                Ok(z) => Some(Arc::new(z)),
-                Err(e) => {
-                    eprintln!("{RUNTIME_ID}: cannot start the fork server: {e}");
-                    std::process::exit(1);
-                }
-            }
-        } else {
-            None
-        };
-        DaemonShim { zygote, namespace: args.namespace.clone(), exit: Arc::new(ExitSignal::default()) }
-    }
-
-    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        crate::front::start_shim(opts)
-    }
-
-    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        crate::front::delete_shim()
-    }
-
-    fn wait(&mut self) {
-        self.exit.wait();
-    }
-
-    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        let zygote = self.zygote.clone().expect("the server action forked a fork server");
-        TaskService::new(zygote, publisher, self.namespace.clone(), self.exit.clone())
-    }
 }
 
 struct Inner {

@@ -14,6 +14,7 @@ mod cgroup;
 mod child;
 pub mod devices_bpf;
 mod error;
+mod forker;
 mod mounts;
 mod parent;
 mod plan;
@@ -24,6 +25,7 @@ mod zygote;
 
 pub use cgroup::{Cgroup, CgroupError, CgroupMode, OomWatch};
 pub use error::{SetupError, Step};
+pub use forker::{bind_server, request_fork, serve_forks, ForkError, ForkRequest};
 pub use mounts::{mount_rootfs, unmount_rootfs, RootfsMount};
 pub use parent::{create_container, create_exec, Container, CreateError};
 pub use plan::{CapPlan, DevicePlan, MountPlan};

@@ -10,6 +10,16 @@ fn main() {
     if let Some(code) = helper_main(&args) {
         std::process::exit(code);
     }
+    // `node-server PATH`: the node's fork server, forking a daemon per pod from this
+    // already-loaded process (the front starts it on demand).
+    if let (Some("node-server"), Some(path)) = (args.get(1).map(String::as_str), args.get(2)) {
+        std::process::exit(wshim_protocol::run_node_server(std::path::Path::new(path), daemon));
+    }
+    std::process::exit(daemon(&args));
+}
+
+/// The daemon proper, from its arguments (its own, or a fork request's).
+fn daemon(args: &[String]) -> i32 {
     if let Some(mut cache) = AotCache::from_env() {
         match std::env::current_exe() {
             Ok(exe) => {
@@ -19,5 +29,5 @@ fn main() {
             Err(e) => eprintln!("containerd-shim-wasmedge-v1-daemon: AOT cache off: no path to this executable: {e}"),
         }
     }
-    wshim_protocol::run_daemon(|| wshim_sandbox::Zygote::fork(wshim_engine::WasmEdgePayload));
+    wshim_protocol::run_daemon(args, || wshim_sandbox::Zygote::fork(wshim_engine::WasmEdgePayload))
 }

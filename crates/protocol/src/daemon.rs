@@ -1,0 +1,145 @@
+//! The shim daemon's process. Its server bootstrap is ours rather than containerd_shim's
+//! `run`, so that it runs from arguments handed over by the node fork server as well as
+//! from its own argv; and the node fork server itself, which forks daemons with WasmEdge
+//! already loaded.
+
+use std::os::fd::IntoRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim::monitor::monitor_notify_by_pid;
+use containerd_shim::protos::shim::shim_ttrpc::create_task;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::write_address;
+use containerd_shim::ExitSignal;
+use log::{error, info};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGPIPE, SIGTERM};
+use signal_hook::iterator::Signals;
+use wshim_sandbox::{bind_server, serve_forks, Zygote, ZygoteError};
+
+use crate::service::TaskService;
+use crate::RUNTIME_ID;
+
+/// Where the node fork server for the containerd at `address` listens: beside the shims'
+/// sockets, one per containerd.
+pub fn node_socket(containerd_address: &str) -> PathBuf {
+    let a = containerd_shim::socket_address(containerd_address, "wasmedge-shim", "node-fork-server");
+    PathBuf::from(a.strip_prefix("unix://").unwrap_or(&a))
+}
+
+/// The node fork server: binds `path`, then forks a shim daemon, `daemon(args)`, for every
+/// request. Never returns on success; the process must still be single-threaded.
+pub fn run_node_server(path: &Path, daemon: impl Fn(&[String]) -> i32) -> i32 {
+    // Out of the way of whoever started it: its own session, no working directory to pin.
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
+    match bind_server(path) {
+        Ok(Some((listener, _lock))) => serve_forks(listener, |req| daemon(&req.args)),
+        Ok(None) => 0,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: node fork server: bind {}: {e}", path.display());
+            1
+        }
+    }
+}
+
+/// Serves the Task API as containerd's shim for `args` (`-namespace … -id … -address …
+/// -socket …`); returns the exit code. `factory` forks the container fork server; it runs
+/// before any thread of this process starts.
+pub fn run_daemon(args: &[String], factory: impl Fn() -> Result<Zygote, ZygoteError>) -> i32 {
+    match serve(args, factory) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: {e}");
+            error!("{e}");
+            1
+        }
+    }
+}
+
+fn serve(args: &[String], factory: impl Fn() -> Result<Zygote, ZygoteError>) -> Result<(), String> {
+    let flags = containerd_shim::parse(args.get(1..).unwrap_or_default()).map_err(|e| format!("arguments: {e}"))?;
+    if flags.namespace.is_empty() || flags.socket.is_empty() {
+        return Err("arguments: -namespace and -socket are required".into());
+    }
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
+    // Signal handlers (no thread) first, so no child exit is missed; we reap the container
+    // processes, which are our children (CLONE_PARENT) or, reparented, our descendants.
+    let signals = Signals::new([SIGTERM, SIGINT, SIGPIPE, SIGCHLD]).map_err(|e| format!("signals: {e}"))?;
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
+    // The container fork server is forked while this process is still single-threaded.
+    let zygote = Arc::new(factory().map_err(|e| format!("cannot start the fork server: {e}"))?);
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).map_err(|e| format!("log: {e}"))?;
+    let publisher = RemotePublisher::new(&ttrpc_address).map_err(|e| format!("events {ttrpc_address}: {e}"))?;
+    let exit = Arc::new(ExitSignal::default());
+    let service = TaskService::new(zygote, publisher, flags.namespace.clone(), exit.clone());
+
+    let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket).to_string();
+    let listener = match bind(&path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::os::unix::net::UnixStream::connect(&path).is_ok() => {
+            // Another daemon serves this group already (a race between two `start`s).
+            write_address(&flags.socket).map_err(|e| format!("address file: {e}"))?;
+            signal_listening();
+            return Ok(());
+        }
+        Err(_) => {
+            // A socket file left by a dead daemon.
+            let _ = std::fs::remove_file(&path);
+            bind(&path).map_err(|e| format!("listen on {path}: {e}"))?
+        }
+    };
+    let mut server = containerd_shim::protos::ttrpc::Server::new()
+        .add_listener(listener.into_raw_fd())
+        .map_err(|e| format!("ttrpc server: {e}"))?
+        .register_service(create_task(Arc::new(service)));
+    server.start().map_err(|e| format!("ttrpc server: {e}"))?;
+    signal_listening();
+    info!(socket = path.as_str(); "shim daemon serving");
+    std::thread::Builder::new().name("reaper".into()).spawn(move || reap(signals)).map_err(|e| format!("reaper thread: {e}"))?;
+    exit.wait();
+    server.shutdown();
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+fn bind(path: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = Path::new(path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::os::unix::net::UnixListener::bind(path)
+}
+
+/// `start` reads our stdout until it closes: we listen now. Point it at stderr.
+fn signal_listening() {
+    let _ = nix::unistd::dup2_stdout(std::io::stderr());
+}
+
+/// Reaps every child and tells the task service (through containerd_shim's monitor) which
+/// one exited and how: 128+N for a signal, as a shell reports it.
+fn reap(mut signals: Signals) {
+    for sig in signals.forever() {
+        if sig != SIGCHLD {
+            // containerd stops a shim with Shutdown; signals to the daemon are ignored.
+            continue;
+        }
+        loop {
+            match waitpid(Some(Pid::from_raw(-1)), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    let _ = monitor_notify_by_pid(pid.as_raw(), code);
+                }
+                Ok(WaitStatus::Signaled(pid, s, _)) => {
+                    let _ = monitor_notify_by_pid(pid.as_raw(), 128 + s as i32);
+                }
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    error!(error:% = e; "waitpid");
+                    break;
+                }
+            }
+        }
+    }
+}
