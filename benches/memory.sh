@@ -32,10 +32,14 @@ measure() {  # layout: "separate" or "pod"
   local pids=() shims
   for i in "${ids[@]}"; do pids+=("$($ctr tasks ls | awk -v id="$i" '$1 == id {print $2}')"); done
   shims=$(for i in "${ids[@]}"; do pgrep -f "containerd-shim-wasmedge-v1-(daemon|fork-server) .*-id $i " || true; done | sort -u)
-  local c s
+  # The node fork server (shared by every pod on the node) is counted whole, here.
+  local node
+  node=$(pgrep -f "containerd-shim-wasmedge-v1-daemon node-server" || true)
+  local c s ns
   c=$(pss_kb "${pids[@]}")
   s=$(pss_kb $shims)
-  echo "$layout: $n containers, $(echo $shims | wc -w) shim processes: PSS containers ${c} kB + shims ${s} kB = $(( (c + s) / n )) kB per container"
+  ns=$(pss_kb $node)
+  echo "$layout: $n containers, $(echo $shims | wc -w) shim processes: PSS containers ${c} kB + shims ${s} kB + node fork server ${ns} kB = $(( (c + s + ns) / n )) kB per container"
   for i in "${ids[@]}"; do $ctr tasks kill -s SIGKILL "$i" >/dev/null 2>&1 || true; done
   sleep 0.5
   for i in "${ids[@]}"; do $ctr tasks rm "$i" >/dev/null 2>&1 || true; $ctr containers rm "$i" >/dev/null 2>&1 || true; done

@@ -100,7 +100,11 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
     }
     crate::child::close_fds_except(sock.as_raw_fd()).unwrap_or_else(|_| unsafe_exit(1));
     // Tell it apart from the shim in `ps`: the same arguments, another name.
-    let mut args: Vec<String> = std::env::args().collect();
+    // /proc/self/cmdline, not env::args(): a daemon forked by the node fork server has its
+    // command line rewritten in place, which only the former reads right.
+    let mut args: Vec<String> = std::fs::read("/proc/self/cmdline")
+        .map(|b| b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .unwrap_or_default();
     if let Some(a0) = args.first_mut() {
         *a0 = format!("{}-fork-server", a0.trim_end_matches("-daemon"));
     }
