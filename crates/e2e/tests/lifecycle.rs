@@ -82,6 +82,9 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
     let pid = wait_status("e2e-dead-shim", "RUNNING", 10);
     let daemons = daemon_pids("e2e-dead-shim");
     assert_eq!(daemons.len(), 1);
+    let address = std::fs::read_to_string("/run/wshim/containerd/io.containerd.runtime.v2.task/default/e2e-dead-shim/address").expect("the shim's address file");
+    let socket = address.trim().trim_start_matches("unix://").to_string();
+    assert!(std::path::Path::new(&socket).exists(), "{socket}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemons[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
     // containerd sees the shim's connection drop and runs `containerd-shim-wasmedge-v1 delete`.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -91,6 +94,7 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
     }
     remove("e2e-dead-shim");
     assert_nothing_left("e2e-dead-shim");
+    assert!(!std::path::Path::new(&socket).exists(), "the dead shim's socket {socket} is left");
 }
 
 #[test]

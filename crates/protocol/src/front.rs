@@ -201,6 +201,10 @@ pub(crate) fn delete_shim() -> containerd_shim::Result<DeleteResponse> {
     if served {
         return Ok(DeleteResponse { exit_status: 128 + libc::SIGKILL as u32, exited_at: Some(Timestamp::from(SystemTime::now())).into(), ..Default::default() });
     }
+    // The dead daemon's socket file (a SIGKILLed daemon cannot remove it).
+    if let Ok(a) = std::fs::read_to_string(bundle.join("address")) {
+        let _ = std::fs::remove_file(socket_path(a.trim()));
+    }
     if let Err(e) = cleanup_bundle(&bundle, &id, Path::new(CGROUP_ROOT)) {
         // containerd logs what we print on stderr; the cleanup that could be done is done.
         eprintln!("{RUNTIME_ID}: delete {id}: {e}");
