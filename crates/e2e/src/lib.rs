@@ -244,26 +244,47 @@ pub fn daemon_pids(id: &str) -> Vec<i32> {
     shims_of(id).iter().filter(|s| s.split_whitespace().nth(1).is_some_and(|a0| a0.ends_with("-daemon"))).map(|s| s.split(':').next().unwrap().parse().unwrap()).collect()
 }
 
+/// A call to containerd's gRPC API, in the "default" namespace; containerd's error message
+/// on failure.
+fn grpc<T, F>(call: impl FnOnce(containerd_client::tonic::transport::Channel) -> F) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, containerd_client::tonic::Status>>,
+{
+    require_env();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async {
+        let channel = containerd_client::connect(SOCK).await.map_err(|e| format!("connect {SOCK}: {e}"))?;
+        call(channel).await.map_err(|s| s.message().to_string())
+    })
+}
+
+fn in_default<T>(req: T) -> containerd_client::tonic::Request<T> {
+    let mut req = containerd_client::tonic::Request::new(req);
+    req.metadata_mut().insert("containerd-namespace", "default".parse().expect("ascii"));
+    req
+}
+
+/// Tasks.CloseIO (stdin) through containerd's gRPC API, as CRI sends it for `stdinOnce`.
+pub fn close_stdin(id: &str, exec_id: &str) -> Result<(), String> {
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    use containerd_client::services::v1::CloseIoRequest;
+    let req = CloseIoRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), stdin: true };
+    grpc(|ch| async move { TasksClient::new(ch).close_io(in_default(req)).await.map(|_| ()) })
+}
+
 /// Tasks.Update through containerd's gRPC API (ctr 1.7 has no command for it, and Debian 13
 /// no crictl): `resources` is a runtime-spec LinuxResources in JSON, as containerd's clients
 /// send it. Returns containerd's error message on failure.
 pub fn update_task(id: &str, resources: &str) -> Result<(), String> {
     use containerd_client::services::v1::tasks_client::TasksClient;
     use containerd_client::services::v1::UpdateTaskRequest;
-    require_env();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    rt.block_on(async {
-        let channel = containerd_client::connect(SOCK).await.map_err(|e| format!("connect {SOCK}: {e}"))?;
-        let req = UpdateTaskRequest {
-            container_id: id.to_string(),
-            resources: Some(prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
-                value: resources.as_bytes().to_vec(),
-            }),
-            ..Default::default()
-        };
-        let mut req = containerd_client::tonic::Request::new(req);
-        req.metadata_mut().insert("containerd-namespace", "default".parse().expect("ascii"));
-        TasksClient::new(channel).update(req).await.map(|_| ()).map_err(|s| s.message().to_string())
-    })
+    let req = UpdateTaskRequest {
+        container_id: id.to_string(),
+        resources: Some(prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: resources.as_bytes().to_vec(),
+        }),
+        ..Default::default()
+    };
+    grpc(|ch| async move { TasksClient::new(ch).update(in_default(req)).await.map(|_| ()) })
 }

@@ -50,7 +50,12 @@ fn exec_of_a_native_program_joins_the_container() {
 fn exec_of_a_wasm_module_runs_through_wasmedge_in_the_container() {
     let id = "e2e-exec-wasm";
     pause_container(id, &[]);
+    let mut events = Command::new("ctr").args(["--address", SOCK, "events"]).stdout(Stdio::piped()).spawn().expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
     let e = ctr(&["tasks", "exec", "--exec-id", "echo1", id, "/echo.wasm", "one", "two"]);
+    std::thread::sleep(Duration::from_millis(300));
+    events.kill().unwrap();
+    let seen = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
     // Exit codes of exec processes reach ctr too.
     let fail = ctr(&["tasks", "exec", "--exec-id", "cat1", id, "/cat.wasm", "/not-there"]);
     let missing = ctr(&["tasks", "exec", "--exec-id", "missing1", id, "/not-there.wasm"]);
@@ -61,6 +66,10 @@ fn exec_of_a_wasm_module_runs_through_wasmedge_in_the_container() {
     assert!(fail.stdout.is_empty() && fail.stderr.contains("/not-there"), "{fail:?}");
     assert_ne!(missing.code, 0, "{missing:?}");
     assert!(missing.stderr.contains("process.args[0] \"/not-there.wasm\""), "{missing:?}");
+    // The exec's own events: added, started, and its exit under its exec id.
+    for topic in ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"] {
+        assert!(seen.lines().any(|l| l.contains(topic) && l.contains("\"echo1\"")), "no {topic} event for exec echo1:\n{seen}");
+    }
 }
 
 #[test]
@@ -80,6 +89,30 @@ fn exec_gets_stdin_and_its_end() {
     kill_and_remove(id);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout, "through stdin\n");
+}
+
+#[test]
+fn close_io_ends_stdin_while_the_client_holds_it_open() {
+    let id = "e2e-closeio";
+    let mut child = Command::new("ctr")
+        .args(["--address", SOCK, "run", "--rm", "--runtime", RUNTIME, "--rootfs", &tools(), id, "/cat.wasm"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr run");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"before CloseIO\n").unwrap();
+    wait_status(id, "RUNNING", 10);
+    std::thread::sleep(Duration::from_millis(300));
+    // Our end stays open: only CloseIO can give cat its end-of-file.
+    let closed = close_stdin(id, "");
+    let r = wait_child(child, 10);
+    drop(stdin);
+    assert_nothing_left(id);
+    assert_eq!(closed, Ok(()));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "before CloseIO\n");
 }
 
 #[test]
