@@ -288,3 +288,15 @@ pub fn update_task(id: &str, resources: &str) -> Result<(), String> {
     };
     grpc(|ch| async move { TasksClient::new(ch).update(in_default(req)).await.map(|_| ()) })
 }
+
+/// Runs `f` while `ctr events` listens; returns what `f` returned and the events seen.
+pub fn with_events<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let mut events = Command::new("ctr").args(["--address", SOCK, "events"]).stdout(std::process::Stdio::piped()).spawn().expect("ctr events");
+    // ctr subscribes after it started: give it a moment before anything happens.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = f();
+    std::thread::sleep(Duration::from_millis(300));
+    events.kill().expect("stop ctr events");
+    let seen = String::from_utf8_lossy(&events.wait_with_output().expect("ctr events output").stdout).into_owned();
+    (out, seen)
+}

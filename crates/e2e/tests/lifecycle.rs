@@ -99,17 +99,8 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
 
 #[test]
 fn task_events_are_published() {
-    let mut events = std::process::Command::new("ctr")
-        .args(["--address", SOCK, "events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("ctr events");
-    std::thread::sleep(Duration::from_millis(300));
-    let r = run_wasm("hello", "e2e-events", &[], &[]);
+    let (r, out) = with_events(|| run_wasm("hello", "e2e-events", &[], &[]));
     assert_eq!(r.code, 0, "{r:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    events.kill().unwrap();
-    let out = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
     for topic in ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"] {
         assert!(out.lines().any(|l| l.contains(topic) && l.contains("e2e-events")), "no {topic} event for e2e-events in:\n{out}");
     }

@@ -24,15 +24,12 @@ fn containers_survive_a_containerd_restart() {
     assert_eq!(daemon_pids(id), daemons, "the shim was replaced");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     // Signals still reach it; its exit (status and event) reaches the new containerd.
-    let mut events = Command::new("ctr").args(["--address", SOCK, "events"]).stdout(std::process::Stdio::piped()).spawn().expect("ctr events");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let k = ctr(&["tasks", "kill", "-s", "SIGTERM", id]);
-    assert_eq!(k.code, 0, "{k:?}");
-    wait_status(id, "STOPPED", 10);
-    let d = ctr(&["tasks", "delete", id]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    events.kill().unwrap();
-    let seen = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let (d, seen) = with_events(|| {
+        let k = ctr(&["tasks", "kill", "-s", "SIGTERM", id]);
+        assert_eq!(k.code, 0, "{k:?}");
+        wait_status(id, "STOPPED", 10);
+        ctr(&["tasks", "delete", id])
+    });
     assert_eq!(d.code, 0, "{d:?}");
     assert!(d.stderr.contains("exit code 143"), "{d:?}");
     for topic in ["/tasks/exit", "/tasks/delete"] {

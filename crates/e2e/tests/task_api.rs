@@ -50,12 +50,7 @@ fn exec_of_a_native_program_joins_the_container() {
 fn exec_of_a_wasm_module_runs_through_wasmedge_in_the_container() {
     let id = "e2e-exec-wasm";
     pause_container(id, &[]);
-    let mut events = Command::new("ctr").args(["--address", SOCK, "events"]).stdout(Stdio::piped()).spawn().expect("ctr events");
-    std::thread::sleep(Duration::from_millis(300));
-    let e = ctr(&["tasks", "exec", "--exec-id", "echo1", id, "/echo.wasm", "one", "two"]);
-    std::thread::sleep(Duration::from_millis(300));
-    events.kill().unwrap();
-    let seen = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let (e, seen) = with_events(|| ctr(&["tasks", "exec", "--exec-id", "echo1", id, "/echo.wasm", "one", "two"]));
     // Exit codes of exec processes reach ctr too.
     let fail = ctr(&["tasks", "exec", "--exec-id", "cat1", id, "/cat.wasm", "/not-there"]);
     let missing = ctr(&["tasks", "exec", "--exec-id", "missing1", id, "/not-there.wasm"]);
@@ -178,12 +173,7 @@ fn exec_with_a_terminal_is_its_controlling_tty_and_takes_the_size() {
 #[test]
 fn hitting_the_memory_limit_publishes_an_oom_event_and_exits_137() {
     let id = "e2e-oom";
-    let mut events = Command::new("ctr").args(["--address", SOCK, "events"]).stdout(Stdio::piped()).spawn().expect("ctr events");
-    std::thread::sleep(Duration::from_millis(300));
-    let r = run_wasm("memhog", id, &["--memory-limit", "33554432"], &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    events.kill().unwrap();
-    let out = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let (r, out) = with_events(|| run_wasm("memhog", id, &["--memory-limit", "33554432"], &[]));
     assert_eq!(r.code, 137, "{r:?}");
     let line = |topic: &str| out.lines().position(|l| l.contains(topic) && l.contains(&format!("\"{id}\"")));
     let oom = line("/tasks/oom").unwrap_or_else(|| panic!("no /tasks/oom event for {id} in:\n{out}"));
@@ -194,12 +184,7 @@ fn hitting_the_memory_limit_publishes_an_oom_event_and_exits_137() {
 #[test]
 fn a_container_below_its_limit_gets_no_oom_event() {
     let id = "e2e-no-oom";
-    let mut events = Command::new("ctr").args(["--address", SOCK, "events"]).stdout(Stdio::piped()).spawn().expect("ctr events");
-    std::thread::sleep(Duration::from_millis(300));
-    let r = run_wasm("hello", id, &["--memory-limit", "268435456"], &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    events.kill().unwrap();
-    let out = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).into_owned();
+    let (r, out) = with_events(|| run_wasm("hello", id, &["--memory-limit", "268435456"], &[]));
     assert_eq!(r.code, 0, "{r:?}");
     assert!(out.lines().any(|l| l.contains("/tasks/exit") && l.contains(id)), "{out}");
     assert!(!out.lines().any(|l| l.contains("/tasks/oom") && l.contains(id)), "{out}");

@@ -139,17 +139,9 @@ fn fork_daemon(node: &Path, req: &ForkRequest) -> containerd_shim::Result<()> {
 /// Starts the node fork server (the daemon binary, `node-server PATH`) and waits until it
 /// answers.
 fn start_node_server(node: &Path) -> containerd_shim::Result<()> {
-    Command::new(daemon_path())
-        .arg("node-server")
-        .arg(node)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        // Its own process group: signals meant for containerd's group must not reach it.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| other(format!("spawn {}: {e}", daemon_path().display())))?;
+    let mut cmd = Command::new(daemon_path());
+    cmd.arg("node-server").arg(node).current_dir("/").stdout(Stdio::null());
+    spawn_detached(&mut cmd)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if socket_answers(node) {
@@ -168,20 +160,17 @@ fn socket_answers(node: &Path) -> bool {
     connect(std::os::fd::AsRawFd::as_raw_fd(&s), &addr).is_ok()
 }
 
+/// Spawns a process of ours that outlives `start`: stdin and stderr on /dev/null, and its
+/// own process group, so that signals meant for containerd's group do not reach it.
+fn spawn_detached(cmd: &mut Command) -> containerd_shim::Result<std::process::Child> {
+    cmd.stdin(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().map_err(|e| other(format!("spawn {}: {e}", daemon_path().display())))
+}
+
 /// Without a node fork server: exec the daemon, which loads WasmEdge itself.
 fn exec_daemon(req: &ForkRequest) -> containerd_shim::Result<()> {
-    let mut child = Command::new(&req.args[0])
-        .args(&req.args[1..])
-        .env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&req.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        // Its own process group: signals meant for containerd's group must not reach it.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| other(format!("spawn {}: {e}", daemon_path().display())))?;
+    let mut cmd = Command::new(&req.args[0]);
+    cmd.args(&req.args[1..]).env_clear().envs(req.env.iter().map(|(k, v)| (k, v))).current_dir(&req.cwd).stdout(Stdio::piped());
+    let mut child = spawn_detached(&mut cmd)?;
     let mut sink = Vec::new();
     if let Some(mut out) = child.stdout.take() {
         let _ = out.read_to_end(&mut sink);
