@@ -235,6 +235,7 @@ impl TaskService {
     /// Creates a container: mounts its rootfs, validates the bundle, and has the fork server
     /// clone a process that sets itself up and waits for Start.
     pub fn create_task(&self, req: &CreateTaskRequest) -> Result<u32, TaskError> {
+        let started = std::time::Instant::now();
         let id = req.id.clone();
         if self.tasks().contains_key(&id) {
             return Err(TaskError::AlreadyExists(id));
@@ -293,7 +294,8 @@ impl TaskService {
                     oom_kills,
                 };
                 self.tasks().insert(id.clone(), task);
-                info!(id = id.as_str(), pid; "container created");
+                let create_us = started.elapsed().as_micros() as u64;
+                info!(id = id.as_str(), pid, create_us; "container created");
                 let ev = TaskCreate {
                     container_id: id,
                     bundle: req.bundle.clone(),
@@ -589,14 +591,17 @@ impl TaskService {
             let _ = self.inner.oom_epoll.delete(w.fd().as_fd());
         }
         let mut problems = Vec::new();
+        let started = std::time::Instant::now();
         if let Err(e) = t.init.process.cgroup.remove() {
             problems.push(e.to_string());
         }
+        let cgroup_us = started.elapsed().as_micros() as u64;
         if let Some(target) = &t.mounted_rootfs {
             if let Err(e) = unmount_rootfs(target) {
                 problems.push(e.to_string());
             }
         }
+        let cleanup_us = started.elapsed().as_micros() as u64;
         let pid = t.init.pid();
         self.publish(
             TASK_DELETE_EVENT_TOPIC,
@@ -605,7 +610,7 @@ impl TaskService {
         if !problems.is_empty() {
             return Err(TaskError::Cleanup { id: id.into(), what: "cgroup and rootfs", message: problems.join("; ") });
         }
-        info!(id; "container deleted");
+        info!(id, cgroup_us, cleanup_us; "container deleted");
         Ok((pid, code, at))
     }
 
