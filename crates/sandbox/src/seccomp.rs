@@ -23,7 +23,27 @@ fn action(field: &str, name: &str, errno: Option<u32>) -> Result<ScmpAction, Pla
 
 /// Compiles the spec's filter to BPF. Syscalls this libseccomp does not know are skipped,
 /// as runc and crun skip them: a profile names syscalls of many kernels.
+/// Compiled filters by their spec: pods and repeated containers send the same profile
+/// (containerd's default one, mostly), and compiling it costs more than the rest of a plan.
+static COMPILED: std::sync::Mutex<Vec<(String, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+const COMPILED_KEEP: usize = 16;
+
+/// [`compile_uncached`], once per distinct profile (the last few kept).
 pub(crate) fn compile(s: &LinuxSeccomp) -> Result<Vec<u8>, PlanError> {
+    let key = serde_json::to_string(s).unwrap_or_default();
+    if let Some((_, bpf)) = COMPILED.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(k, _)| *k == key) {
+        return Ok(bpf.clone());
+    }
+    let bpf = compile_uncached(s)?;
+    let mut cache = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= COMPILED_KEEP {
+        cache.remove(0);
+    }
+    cache.push((key, bpf.clone()));
+    Ok(bpf)
+}
+
+pub(crate) fn compile_uncached(s: &LinuxSeccomp) -> Result<Vec<u8>, PlanError> {
     let invalid = |field: String, value: String, e: libseccomp::error::SeccompError| PlanError::Invalid { field, value, why: e.to_string() };
     if s.listener_path().is_some() {
         return Err(PlanError::Unsupported { field: "linux.seccomp.listenerPath".into(), why: "seccomp user notification is not implemented" });
@@ -104,6 +124,11 @@ mod tests {
         }));
         let bpf = compile(&s).unwrap();
         assert!(!bpf.is_empty() && bpf.len() % 8 == 0, "a BPF program is whole sock_filter entries");
+        // The cached program is the one a fresh compile gives; another profile gets its own.
+        assert_eq!(compile(&s).unwrap(), bpf);
+        assert_eq!(compile_uncached(&s).unwrap(), bpf);
+        let other = spec(serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["keyctl"], "action": "SCMP_ACT_ERRNO"}]}));
+        assert_ne!(compile(&other).unwrap(), bpf);
     }
 
     #[test]
