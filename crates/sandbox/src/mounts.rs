@@ -219,7 +219,11 @@ fn make_devices(plan: &Plan) -> Result<(), SetupError> {
     for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
         let l = dev.join(link);
         if l.symlink_metadata().is_err() {
-            symlink(target, &l).ctx(Step::Mounts, format!("symlink /dev/{link}"))?;
+            match symlink(target, &l) {
+                // Made meanwhile by a container sharing this rootfs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                r => r.ctx(Step::Mounts, format!("symlink /dev/{link}"))?,
+            }
         }
     }
     let ptmx = dev.join("ptmx");
@@ -234,14 +238,24 @@ fn make_device(rootfs: &Path, d: &DevicePlan) -> Result<(), SetupError> {
     if let Some(p) = dest.parent() {
         std::fs::DirBuilder::new().recursive(true).mode(0o755).create(p).ctx(Step::Mounts, "mkdir")?;
     }
-    let _ = std::fs::remove_file(&dest);
     let kind = match d.kind {
         'b' => SFlag::S_IFBLK,
         'p' => SFlag::S_IFIFO,
         _ => SFlag::S_IFCHR,
     };
     let dev = makedev(d.major as u64, d.minor as u64);
+    // A node already there (a rootfs without a /dev tmpfs, shared by containers created at
+    // the same time) is kept when it is this device, as runc keeps it; anything else there
+    // is replaced.
+    let is_this_device = |p: &Path| {
+        nix::sys::stat::lstat(p).is_ok_and(|st| st.st_mode & SFlag::S_IFMT.bits() == kind.bits() && (kind == SFlag::S_IFIFO || st.st_rdev == dev))
+    };
+    if is_this_device(&dest) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&dest);
     match mknod(&dest, kind, Mode::from_bits_truncate(d.mode & 0o7777), dev) {
+        Err(nix::errno::Errno::EEXIST) if is_this_device(&dest) => Ok(()),
         Ok(()) => {
             chown(&dest, Some(Uid::from_raw(d.uid)), Some(Gid::from_raw(d.gid))).ctx(Step::Mounts, "chown")?;
             // mknod's mode is filtered by the umask; set it exactly.
