@@ -87,6 +87,8 @@ pub struct Workspace {
     rootfs: PathBuf,
     /// The tasks' cgroupsPath is `/<cgroup_parent>/<id>`.
     cgroup_parent: String,
+    /// Replaces the default spec's `linux.namespaces` (for experiments), if set.
+    namespaces: Option<Vec<String>>,
 }
 
 impl Workspace {
@@ -104,7 +106,13 @@ impl Workspace {
             let from = bundles.join(m);
             std::fs::copy(&from, rootfs.join(m)).map_err(io("copy (make bundles first)", &from))?;
         }
-        Ok(Workspace { dir, rootfs, cgroup_parent: format!("{tag}-{}", std::process::id()) })
+        Ok(Workspace { dir, rootfs, cgroup_parent: format!("{tag}-{}", std::process::id()), namespaces: None })
+    }
+
+    /// The tasks get exactly these namespaces (`pid`, `network`, …) instead of the default
+    /// spec's five: to see what each costs.
+    pub fn set_namespaces(&mut self, types: &[&str]) {
+        self.namespaces = Some(types.iter().map(|t| t.to_string()).collect());
     }
 
     pub fn dir(&self) -> &Path {
@@ -119,6 +127,9 @@ impl Workspace {
         spec["process"]["args"] = argv.into();
         spec["root"]["path"] = self.rootfs.display().to_string().into();
         spec["linux"]["cgroupsPath"] = format!("/{}/{id}", self.cgroup_parent).into();
+        if let Some(ns) = &self.namespaces {
+            spec["linux"]["namespaces"] = ns.iter().map(|t| serde_json::json!({ "type": t })).collect();
+        }
         if let Some(pod) = pod {
             spec["annotations"] = serde_json::json!({ SANDBOX_ID: pod });
         }

@@ -1,6 +1,9 @@
 //! wshim-stress: hello tasks through the shim's ttrpc Task API, as fast as it takes them.
 //!
-//! `wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH]`
+//! `wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH]
+//! [--namespaces LIST]` (`--namespaces`: the tasks' namespace types, comma-separated, instead
+//! of the default spec's pid,ipc,uts,mount,network: to see what each costs; `--daemon-log`:
+//! keep the warm pod daemon's log, whose timestamps show where its time goes).
 //!
 //! 1. warm pod: one shim daemon serving a pod (its sandbox container runs sleep.wasm, as a
 //!    pause container would), N hello tasks of that pod, C client threads (each its own
@@ -30,10 +33,11 @@ struct Args {
     fresh_tasks: usize,
     json: Option<PathBuf>,
     daemon_log: Option<PathBuf>,
+    namespaces: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { tasks: 2000, concurrency: 4, fresh_tasks: 200, json: None, daemon_log: None };
+    let mut a = Args { tasks: 2000, concurrency: 4, fresh_tasks: 200, json: None, daemon_log: None, namespaces: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -43,8 +47,9 @@ fn parse_args() -> Result<Args> {
             "--fresh-tasks" => a.fresh_tasks = value()?.parse().context("--fresh-tasks")?,
             "--json" => a.json = Some(value()?.into()),
             "--daemon-log" => a.daemon_log = Some(value()?.into()),
+            "--namespaces" => a.namespaces = Some(value()?),
             "-h" | "--help" => {
-                println!("usage: wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH]");
+                println!("usage: wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH] [--namespaces pid,ipc,uts,mount,network]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (see --help)"),
@@ -100,6 +105,7 @@ impl Run {
             "tasks_per_s": self.tasks_per_s(),
             "latency_ms": stats(self.samples.iter().map(|s| s.total).collect()),
             "steps_ms": steps,
+            "step_order": self.steps,
         })
     }
 
@@ -248,7 +254,10 @@ fn fresh_pods(ws: &Workspace, a: &Args) -> Result<Run> {
 
 fn main() -> Result<()> {
     let a = parse_args()?;
-    let ws = Workspace::new("wshim-stress")?;
+    let mut ws = Workspace::new("wshim-stress")?;
+    if let Some(ns) = &a.namespaces {
+        ws.set_namespaces(&ns.split(',').filter(|t| !t.is_empty()).collect::<Vec<_>>());
+    }
     let mut runs = Vec::new();
     let mut failure = None;
     if a.tasks > 0 {
