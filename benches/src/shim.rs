@@ -89,6 +89,8 @@ pub struct Workspace {
     cgroup_parent: String,
     /// Replaces the default spec's `linux.namespaces` (for experiments), if set.
     namespaces: Option<Vec<String>>,
+    /// A JSON merge patch (RFC 7386) applied to every task's spec (for experiments).
+    patch: Option<serde_json::Value>,
 }
 
 impl Workspace {
@@ -106,13 +108,19 @@ impl Workspace {
             let from = bundles.join(m);
             std::fs::copy(&from, rootfs.join(m)).map_err(io("copy (make bundles first)", &from))?;
         }
-        Ok(Workspace { dir, rootfs, cgroup_parent: format!("{tag}-{}", std::process::id()), namespaces: None })
+        Ok(Workspace { dir, rootfs, cgroup_parent: format!("{tag}-{}", std::process::id()), namespaces: None, patch: None })
     }
 
     /// The tasks get exactly these namespaces (`pid`, `network`, …) instead of the default
     /// spec's five: to see what each costs.
     pub fn set_namespaces(&mut self, types: &[&str]) {
         self.namespaces = Some(types.iter().map(|t| t.to_string()).collect());
+    }
+
+    /// Every task's spec gets `patch` merged in (RFC 7386: objects merge, anything else
+    /// replaces, null removes), after the namespaces: to see what spec features cost.
+    pub fn set_spec_patch(&mut self, patch: serde_json::Value) {
+        self.patch = Some(patch);
     }
 
     pub fn dir(&self) -> &Path {
@@ -129,6 +137,9 @@ impl Workspace {
         spec["linux"]["cgroupsPath"] = format!("/{}/{id}", self.cgroup_parent).into();
         if let Some(ns) = &self.namespaces {
             spec["linux"]["namespaces"] = ns.iter().map(|t| serde_json::json!({ "type": t })).collect();
+        }
+        if let Some(p) = &self.patch {
+            merge_patch(&mut spec, p);
         }
         if let Some(pod) = pod {
             spec["annotations"] = serde_json::json!({ SANDBOX_ID: pod });
@@ -208,6 +219,25 @@ impl Workspace {
                 return Err(ShimError::Leftover(format!("processes {procs:?}, cgroups {cgroups:?}")));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// RFC 7386 JSON merge patch of `target` by `patch`.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    let t = target.as_object_mut().expect("made an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
         }
     }
 }
@@ -364,5 +394,17 @@ impl StdoutFifo {
 impl Drop for StdoutFifo {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_merges_objects_replaces_the_rest_and_removes_nulls() {
+        let mut t = json!({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": 5});
+        super::merge_patch(&mut t, &json!({"a": {"c": [], "n": true}, "d": null, "f": {"g": 1}}));
+        assert_eq!(t, json!({"a": {"b": 1, "c": [], "n": true}, "e": 5, "f": {"g": 1}}));
     }
 }

@@ -1,7 +1,8 @@
 //! wshim-stress: hello tasks through the shim's ttrpc Task API, as fast as it takes them.
 //!
 //! `wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH]
-//! [--namespaces LIST]` (`--namespaces`: the tasks' namespace types, comma-separated, instead
+//! [--namespaces LIST] [--spec-patch JSON]` (`--spec-patch`: an RFC 7386 merge patch of the
+//! tasks' spec, e.g. `{"mounts":[]}`; `--namespaces`: the tasks' namespace types, comma-separated, instead
 //! of the default spec's pid,ipc,uts,mount,network: to see what each costs; `--daemon-log`:
 //! keep the warm pod daemon's log, whose timestamps show where its time goes).
 //!
@@ -34,10 +35,11 @@ struct Args {
     json: Option<PathBuf>,
     daemon_log: Option<PathBuf>,
     namespaces: Option<String>,
+    spec_patch: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { tasks: 2000, concurrency: 4, fresh_tasks: 200, json: None, daemon_log: None, namespaces: None };
+    let mut a = Args { tasks: 2000, concurrency: 4, fresh_tasks: 200, json: None, daemon_log: None, namespaces: None, spec_patch: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -48,8 +50,9 @@ fn parse_args() -> Result<Args> {
             "--json" => a.json = Some(value()?.into()),
             "--daemon-log" => a.daemon_log = Some(value()?.into()),
             "--namespaces" => a.namespaces = Some(value()?),
+            "--spec-patch" => a.spec_patch = Some(value()?),
             "-h" | "--help" => {
-                println!("usage: wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH] [--namespaces pid,ipc,uts,mount,network]");
+                println!("usage: wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH] [--namespaces pid,ipc,uts,mount,network] [--spec-patch JSON]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (see --help)"),
@@ -257,6 +260,9 @@ fn main() -> Result<()> {
     let mut ws = Workspace::new("wshim-stress")?;
     if let Some(ns) = &a.namespaces {
         ws.set_namespaces(&ns.split(',').filter(|t| !t.is_empty()).collect::<Vec<_>>());
+    }
+    if let Some(p) = &a.spec_patch {
+        ws.set_spec_patch(serde_json::from_str(p).context("--spec-patch")?);
     }
     let mut runs = Vec::new();
     let mut failure = None;
