@@ -179,6 +179,11 @@ impl Workspace {
         Shim::connect(&address)
     }
 
+    /// The cgroup directory task `id` gets in `hierarchy` (e.g. `pids`, or `` for v2).
+    pub fn cgroup_dir(&self, hierarchy: &str, id: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup").join(hierarchy).join(&self.cgroup_parent).join(id)
+    }
+
     /// Processes whose working directory is in this workspace (shim daemons, fork servers,
     /// containers that did not pivot_root) as `pid cmdline` lines.
     pub fn processes_inside(&self) -> Vec<String> {

@@ -6,6 +6,11 @@
 //! of the default spec's pid,ipc,uts,mount,network: to see what each costs; `--daemon-log`:
 //! keep the warm pod daemon's log, whose timestamps show where its time goes).
 //!
+//! `--trace N`: instead, N tasks one at a time through a warm shim, each with a FIFO as
+//! stdout, and a watcher thread polling the task's cgroup (every 50 µs): prints when, after
+//! the Create call, the cgroup appeared, the container process joined it, Create returned,
+//! Start returned, the first output byte came, Wait and Delete returned (p50/p99).
+//!
 //! 1. warm pod: one shim daemon serving a pod (its sandbox container runs sleep.wasm, as a
 //!    pause container would), N hello tasks of that pod, C client threads (each its own
 //!    connection) each doing Create → Start → Wait → Delete, one task after another.
@@ -36,10 +41,11 @@ struct Args {
     daemon_log: Option<PathBuf>,
     namespaces: Option<String>,
     spec_patch: Option<String>,
+    trace: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { tasks: 2000, concurrency: 4, fresh_tasks: 200, json: None, daemon_log: None, namespaces: None, spec_patch: None };
+    let mut a = Args { tasks: 2000, concurrency: 4, fresh_tasks: 200, json: None, daemon_log: None, namespaces: None, spec_patch: None, trace: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -51,8 +57,9 @@ fn parse_args() -> Result<Args> {
             "--daemon-log" => a.daemon_log = Some(value()?.into()),
             "--namespaces" => a.namespaces = Some(value()?),
             "--spec-patch" => a.spec_patch = Some(value()?),
+            "--trace" => a.trace = value()?.parse().context("--trace")?,
             "-h" | "--help" => {
-                println!("usage: wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH] [--namespaces pid,ipc,uts,mount,network] [--spec-patch JSON]");
+                println!("usage: wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH] [--namespaces pid,ipc,uts,mount,network] [--spec-patch JSON] [--trace N]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (see --help)"),
@@ -255,6 +262,81 @@ fn fresh_pods(ws: &Workspace, a: &Args) -> Result<Run> {
     Ok(Run { name: "fresh pod per task", steps: &["shim-start", "create", "start", "wait", "delete", "shutdown"], concurrency: a.concurrency, wall, samples })
 }
 
+/// `--trace`: where one task's time goes, seen from outside the shim (see the top).
+fn trace(ws: &Workspace, n: usize) -> Result<()> {
+    use wshim_benches::shim::StdoutFifo;
+    let pod = format!("trace-pod-{}", std::process::id());
+    let sandbox = "trace-sandbox";
+    let sb = ws.bundle(sandbox, Some(&pod), "sleep.wasm", &[])?;
+    let shim = ws.start_shim(sandbox, &sb)?;
+    let names = ["cgroup made", "joined", "Create returned", "Start returned", "first byte", "Wait returned", "Delete returned"];
+    let mut marks: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    let result = (|| -> Result<()> {
+        shim.create(sandbox, &sb, "")?;
+        shim.start(sandbox)?;
+        for i in 0..n + 5 {
+            let id = format!("trace-{i}");
+            let b = ws.bundle(&id, Some(&pod), "hello.wasm", &[])?;
+            let out = StdoutFifo::new(ws.dir().join(format!("{id}.out")))?;
+            let dir = ws.cgroup_dir("pids", &id);
+            let stop = AtomicBool::new(false);
+            let t0 = Instant::now();
+            // The watcher starts before the clock: it must already be polling at Create.
+            let (made, joined) = std::thread::scope(|s| {
+                let w = s.spawn(|| {
+                    let (mut made, mut joined) = (None, None);
+                    while !stop.load(Ordering::Relaxed) && joined.is_none() {
+                        if made.is_none() && dir.exists() {
+                            made = Some(t0.elapsed());
+                        }
+                        if made.is_some() && std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty()) {
+                            joined = Some(t0.elapsed());
+                        }
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    (made, joined)
+                });
+                let r = shim.create(&id, &b, out.path());
+                stop.store(true, Ordering::Relaxed);
+                let mj = w.join().expect("watcher");
+                r.map(|_| mj)
+            })?;
+            let created = t0.elapsed();
+            shim.start(&id)?;
+            let started = t0.elapsed();
+            out.wait_first_byte(Duration::from_secs(10))?;
+            let first = t0.elapsed();
+            let code = shim.wait(&id)?;
+            let waited = t0.elapsed();
+            shim.delete(&id)?;
+            let deleted = t0.elapsed();
+            ws.remove_bundle(&b);
+            if code != 0 {
+                bail!("{id}: exit status {code}");
+            }
+            // The first five warm up (the first one compiles the module).
+            if i >= 5 {
+                for (k, m) in [made.unwrap_or_default(), joined.unwrap_or_default(), created, started, first, waited, deleted].into_iter().enumerate() {
+                    marks[k].push(m);
+                }
+            }
+        }
+        Ok(())
+    })();
+    let _ = shim.kill(sandbox, libc_sigkill());
+    let _ = shim.wait(sandbox);
+    let _ = shim.delete(sandbox);
+    let _ = shim.shutdown();
+    result?;
+    println!("trace: {n} tasks one at a time through a warm shim; time since the Create call (ms), p50 / p99:");
+    for (name, mut v) in names.iter().zip(marks) {
+        v.sort();
+        let p = |q| percentile(&v, q).map(ms).unwrap_or(f64::NAN);
+        println!("  {name:<16} {:>7.2} / {:>7.2}", p(50.0), p(99.0));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a = parse_args()?;
     let mut ws = Workspace::new("wshim-stress")?;
@@ -263,6 +345,11 @@ fn main() -> Result<()> {
     }
     if let Some(p) = &a.spec_patch {
         ws.set_spec_patch(serde_json::from_str(p).context("--spec-patch")?);
+    }
+    if a.trace > 0 {
+        let traced = trace(&ws, a.trace);
+        ws.check_clean().context("after the trace")?;
+        return traced;
     }
     let mut runs = Vec::new();
     let mut failure = None;
