@@ -81,6 +81,11 @@ def shim_level(cold, stress):
         print(f"stress, {title}: per task p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; per call p50 / p99 / mean (ms):")
         steps = s["steps_ms"]
         print("  " + "; ".join(f"{k} {steps[k]['p50']:.2f} / {steps[k]['p99']:.2f} / {steps[k]['mean']:.2f}" for k in s.get("step_order", list(steps))))
+        cpu = s.get("cpu_ms_per_task")
+        if cpu:
+            per_task = cpu["shim_and_containers_user"] + cpu["shim_and_containers_system"]
+            print(f"  CPU per task: shim and container {cpu['shim_and_containers_user']:.2f} ms user + {cpu['shim_and_containers_system']:.2f} ms system,"
+                  f" client {cpu['client']:.2f} ms: at most {2000 / (per_task + cpu['client']):.0f} tasks/s on 2 idle cores")
     print()
 
 

@@ -199,6 +199,29 @@ impl Workspace {
         found
     }
 
+    /// CPU time (user+system, own and reaped children's) of the processes inside this
+    /// workspace: the shim daemons and their fork servers. The container processes are the
+    /// daemon's children (CLONE_PARENT) and reaped by it, so their time is in its children's.
+    /// Returns (user, system).
+    pub fn shim_cpu_time(&self) -> (Duration, Duration) {
+        let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+        let (mut user, mut sys) = (0u64, 0u64);
+        for line in self.processes_inside() {
+            let pid = line.split(' ').next().unwrap_or_default();
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            // Fields after the command (which may hold spaces) closed by the last ')'.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+            let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+            // utime, stime, cutime, cstime are fields 14-17 of stat, 12-15 after the ')'.
+            if let Some(v) = f.get(11..15) {
+                user += v[0] + v[2];
+                sys += v[1] + v[3];
+            }
+        }
+        let d = |t: u64| Duration::from_secs_f64(t as f64 / tick);
+        (d(user), d(sys))
+    }
+
     /// The task cgroups still present under the parent cgroup, in any hierarchy.
     pub fn cgroups_left(&self) -> Vec<PathBuf> {
         let mut left = Vec::new();

@@ -83,6 +83,9 @@ struct Run {
     concurrency: usize,
     wall: Duration,
     samples: Vec<Sample>,
+    /// CPU time during the run: (shim daemon + its fork server + the containers, this client).
+    /// (user, system) of the shim processes and containers, and this client's total.
+    cpu: Option<(Duration, Duration, Duration)>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -116,6 +119,11 @@ impl Run {
             "latency_ms": stats(self.samples.iter().map(|s| s.total).collect()),
             "steps_ms": steps,
             "step_order": self.steps,
+            "cpu_ms_per_task": self.cpu.map(|(user, sys, client)| json!({
+                "shim_and_containers_user": ms(user) / self.samples.len() as f64,
+                "shim_and_containers_system": ms(sys) / self.samples.len() as f64,
+                "client": ms(client) / self.samples.len() as f64,
+            })),
         })
     }
 
@@ -133,6 +141,16 @@ impl Run {
             f(&j["latency_ms"]["p99"]),
             f(&j["latency_ms"]["max"])
         );
+        if let Some((user, sys, client)) = self.cpu {
+            let n = self.samples.len() as f64;
+            println!(
+                "  CPU per task: shim daemon + fork server + container {:.2} ms user + {:.2} ms system, this client {:.2} ms (wall per task {:.2} ms)",
+                ms(user) / n,
+                ms(sys) / n,
+                ms(client) / n,
+                ms(self.wall) / n
+            );
+        }
         for s in self.steps {
             let st = &j["steps_ms"][*s];
             println!("  {s:<10} p50 {:>7} ms  p99 {:>7} ms  mean {:>7} ms", f(&st["p50"]), f(&st["p99"]), f(&st["mean"]));
@@ -202,6 +220,7 @@ fn warm_pod(ws: &Workspace, a: &Args) -> Result<Run> {
             })
             .collect::<Result<_, _>>()?;
         let address = shim.address().to_string();
+        let cpu0 = (ws.shim_cpu_time(), own_cpu_time());
         let (wall, samples) = drive(
             a.tasks,
             a.concurrency,
@@ -213,10 +232,14 @@ fn warm_pod(ws: &Workspace, a: &Args) -> Result<Run> {
                 Ok(Sample { total: t0.elapsed(), steps: steps.to_vec() })
             },
         )?;
+        let shim1 = ws.shim_cpu_time();
+        let cpu = (shim1.0.saturating_sub(cpu0.0 .0), shim1.1.saturating_sub(cpu0.0 .1), own_cpu_time().saturating_sub(cpu0.1));
         for (_, b) in &bundles {
             ws.remove_bundle(b);
         }
-        Ok::<_, anyhow::Error>(Run { name: "warm pod (one shim)", steps: &["create", "start", "wait", "delete"], concurrency: a.concurrency, wall, samples })
+        let mut run = Run { name: "warm pod (one shim)", steps: &["create", "start", "wait", "delete"], concurrency: a.concurrency, wall, samples, cpu: None };
+        run.cpu = Some(cpu);
+        Ok::<_, anyhow::Error>(run)
     })();
     // Whatever happened: end the sandbox and the daemon.
     let _ = shim.kill(sandbox, libc_sigkill());
@@ -227,6 +250,13 @@ fn warm_pod(ws: &Workspace, a: &Args) -> Result<Run> {
         let _ = std::fs::copy(sb.join("log"), dst);
     }
     result
+}
+
+/// This process's CPU time (user + system, all threads).
+fn own_cpu_time() -> Duration {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("getrusage");
+    let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    tv(u.user_time()) + tv(u.system_time())
 }
 
 fn libc_sigkill() -> u32 {
@@ -259,7 +289,7 @@ fn fresh_pods(ws: &Workspace, a: &Args) -> Result<Run> {
             Ok(Sample { total: t3 - t0, steps: v })
         },
     )?;
-    Ok(Run { name: "fresh pod per task", steps: &["shim-start", "create", "start", "wait", "delete", "shutdown"], concurrency: a.concurrency, wall, samples })
+    Ok(Run { name: "fresh pod per task", steps: &["shim-start", "create", "start", "wait", "delete", "shutdown"], concurrency: a.concurrency, wall, samples, cpu: None })
 }
 
 /// `--trace`: where one task's time goes, seen from outside the shim (see the top).
