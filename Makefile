@@ -54,9 +54,13 @@ test: containerd-up bundles
 	$(IN_ENV) cargo test --release --workspace --no-fail-fast; rc=$$?; \
 	$(IN_ENV) packaging/containerd/down.sh || rc=1; exit $$rc
 
-## bench: criterion benches and the end-to-end comparison with runc and crun
+## bench: criterion benches, the stress tool, memory, and the end-to-end comparison with runc and crun
+STRESS_TASKS ?= 2000
+STRESS_CONCURRENCY ?= 4
 bench: containerd-up bundles
 	$(IN_ENV) cargo bench -p wshim-benches --bench in_process
+	$(IN_ENV) cargo bench -p wshim-benches --bench shim
+	$(IN_ENV) $(BIN)/wshim-stress --tasks $(STRESS_TASKS) --concurrency $(STRESS_CONCURRENCY) --json target/bench/stress.json
 	$(IN_ENV) benches/memory.sh
 	$(IN_ENV) benches/e2e.sh
 	python3 benches/report.py

@@ -1,34 +1,100 @@
 #!/usr/bin/env python3
-"""Prints the end-to-end table from target/bench/e2e.json (hyperfine) as ratios.
+"""Prints the bench results against the issue-5 targets, from target/bench/*.json:
 
-All rows come from one hyperfine run on one machine, so only their ratios mean anything.
+- e2e.json (benches/e2e.sh, hyperfine): `ctr run --rm` of a hello program, as ratios.
+  All its rows come from one hyperfine run on one machine, so only their ratios mean anything.
+- shim_cold_start.json (cargo bench --bench shim): Create(+Start) → `_start` entered, p50/p99.
+- stress.json (wshim-stress): create+start+wait+delete throughput through the Task API.
+
+Usage: report.py [DIR] (default: target/bench of this checkout). Prints every section it has
+data for; exits 1 if a file is missing.
 """
 import json
 import statistics
 import sys
 from pathlib import Path
 
-path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "target/bench/e2e.json")
-results = {r["command"]: r for r in json.loads(path.read_text())["results"]}
-missing = {"ours-image", "runc-native", "crun-native", "crun-wasmedge"} - results.keys()
-if missing:
-    sys.exit(f"report: {path} lacks {sorted(missing)}")
+out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "target/bench"
+problems = []
 
 
-def median(name):
-    return statistics.median(results[name]["times"])
+def load(name):
+    p = out / name
+    if not p.exists():
+        problems.append(f"{p} is missing")
+        return None
+    return json.loads(p.read_text())
 
 
-refs = ["runc-native", "crun-native", "crun-wasmedge"]
-print(f"`ctr run --rm` of a hello program, {len(results['ours-image']['times'])} runs each, one hyperfine run; ratios of medians")
-print()
-print("| runtime | " + " | ".join(f"÷ {r}" for r in refs) + " |")
-print("|---|" + "---|" * len(refs))
-for name in results:
-    print(f"| {name} | " + " | ".join(f"{median(name) / median(r):.2f}×" for r in refs) + " |")
-print()
-ours = median("ours-image")
-for ref, target in [("crun-native", 0.5), ("crun-wasmedge", 0.3)]:
-    ratio = ours / median(ref)
-    verdict = "meets" if ratio <= target else "misses"
-    print(f"ours-image / {ref} = {ratio:.2f} ({verdict} the issue-5 target of at most {target})")
+def verdict(ok):
+    return "meets" if ok else "misses"
+
+
+def e2e(data):
+    results = {r["command"]: r for r in data["results"]}
+    missing = {"ours-image", "runc-native", "crun-native", "crun-wasmedge"} - results.keys()
+    if missing:
+        problems.append(f"e2e.json lacks {sorted(missing)}")
+        return
+
+    def median(name):
+        return statistics.median(results[name]["times"])
+
+    refs = ["runc-native", "crun-native", "crun-wasmedge"]
+    print(f"`ctr run --rm` of a hello program, {len(results['ours-image']['times'])} runs each, one hyperfine run; ratios of medians")
+    print()
+    print("| runtime | " + " | ".join(f"÷ {r}" for r in refs) + " |")
+    print("|---|" + "---|" * len(refs))
+    for name in results:
+        print(f"| {name} | " + " | ".join(f"{median(name) / median(r):.2f}×" for r in refs) + " |")
+    print()
+    ours = median("ours-image")
+    for ref, target in [("crun-native", 0.5), ("crun-wasmedge", 0.3)]:
+        ratio = ours / median(ref)
+        print(f"ours-image / {ref} = {ratio:.2f} ({verdict(ratio <= target)} the issue-5 target of at most {target})")
+    print()
+
+
+def shim_level(cold, stress):
+    print("Shim level (issue 5), this machine, one run each")
+    print()
+    print("| figure | measured | target | verdict |")
+    print("|---|---|---|---|")
+    if cold:
+        w = cold["warm_shim_aot_cached"]
+        n = cold["new_pod"]
+        print(f"| Create+Start → `_start` entered, warm shim, AOT cached, p50 ({w['samples']} samples) | {w['p50_ms']:.2f} ms | ≤ 3 ms | {verdict(w['p50_ms'] <= 3)} |")
+        print(f"| same, p99 | {w['p99_ms']:.2f} ms | ≤ 10 ms | {verdict(w['p99_ms'] <= 10)} |")
+        print(f"| front start+Create+Start → `_start` entered, new pod, p50 ({n['samples']} samples) | {n['p50_ms']:.2f} ms | ≤ 10 ms | {verdict(n['p50_ms'] <= 10)} |")
+    if stress and "warm_pod" in stress:
+        s = stress["warm_pod"]
+        print(f"| create+start+wait+delete, one warm shim, {s['tasks']} tasks, concurrency {s['concurrency']} | {s['tasks_per_s']:.0f} tasks/s | ≥ 500 tasks/s | {verdict(s['tasks_per_s'] >= 500)} |")
+    if stress and "fresh_pod" in stress:
+        s = stress["fresh_pod"]
+        print(f"| same, a new pod (shim) per task, {s['tasks']} tasks, concurrency {s['concurrency']} (no target) | {s['tasks_per_s']:.0f} tasks/s | - | - |")
+    print()
+    for key, title in [("warm_pod", "one warm shim"), ("fresh_pod", "a new pod per task")]:
+        if not stress or key not in stress:
+            continue
+        s = stress[key]
+        lat = s["latency_ms"]
+        print(f"stress, {title}: per task p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; per call p50 / p99 / mean (ms):")
+        steps = s["steps_ms"]
+        print("  " + "; ".join(f"{k} {steps[k]['p50']:.2f} / {steps[k]['p99']:.2f} / {steps[k]['mean']:.2f}" for k in s.get("step_order", list(steps))))
+        cpu = s.get("cpu_ms_per_task")
+        if cpu:
+            per_task = cpu["shim_and_containers_user"] + cpu["shim_and_containers_system"]
+            print(f"  CPU per task: shim and container {cpu['shim_and_containers_user']:.2f} ms user + {cpu['shim_and_containers_system']:.2f} ms system,"
+                  f" client {cpu['client']:.2f} ms: at most {2000 / (per_task + cpu['client']):.0f} tasks/s on 2 idle cores")
+    print()
+
+
+e2e_data = load("e2e.json")
+if e2e_data:
+    e2e(e2e_data)
+cold = load("shim_cold_start.json")
+stress = load("stress.json")
+if cold or stress:
+    shim_level(cold, stress)
+if problems:
+    sys.exit("report: " + "; ".join(problems))
