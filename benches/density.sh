@@ -11,7 +11,9 @@
 #   P=4      ctr commands run in parallel
 #   READY_TIMEOUT=300  seconds to wait for every task to be RUNNING
 #
-# Runs inside the environment against the private containerd (make bench).
+# Runs inside the environment against the private containerd (make bench). The environment
+# starts from an empty environment, so pass settings through env(1):
+#   packaging/env/in-env.sh env N=100 benches/density.sh
 set -euo pipefail
 [ -n "${WSHIM_IN_ENV:-}" ] || { echo "density: run it inside the environment: make bench" >&2; exit 1; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -181,7 +183,9 @@ while :; do
   [ "$(date +%s)" -lt "$deadline" ] || fail "60 s after SIGKILL, $up tasks are not STOPPED"
   sleep 0.5
 done
+t_killed=$(now)
 ids | xargs -P "$par" -n 20 $ctr tasks rm >"$tmp/rm.log" 2>&1 || fail "ctr tasks rm failed: $(tail -3 "$tmp/rm.log")"
+t_deleted=$(now)
 ids | xargs -P "$par" -n 20 $ctr containers rm >"$tmp/crm.log" 2>&1 || fail "ctr containers rm failed: $(tail -3 "$tmp/crm.log")"
 t_stopped=$(now)
 
@@ -200,7 +204,7 @@ mnt=$(grep -E "/$prefix[0-9]+(/| )" "/proc/$cpid/mountinfo" || true)
 [ -z "$mnt" ] || fail "$(echo "$mnt" | wc -l) mounts left in containerd's mount namespace, e.g. $(echo "$mnt" | head -2)"
 kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; sampler=
 peak_used=$(sort -n "$tmp/mem" | tail -1)
-echo "density: $n stopped and removed in $(elapsed "$t1" "$t_stopped") s (shims gone after $(elapsed "$t1" "$t_gone") s); nothing left"
+echo "density: $n stopped and removed in $(elapsed "$t1" "$t_stopped") s (killed $(elapsed "$t1" "$t_killed") s, tasks deleted $(elapsed "$t_killed" "$t_deleted") s, containers removed $(elapsed "$t_deleted" "$t_stopped") s; shims gone after $(elapsed "$t1" "$t_gone") s); nothing left"
 echo "density: system memory in use: before ${base_used} kB, at $n ${used_at_n} kB, peak ${peak_used} kB"
 
 cat >"$out/density.json" <<EOF
@@ -214,6 +218,7 @@ cat >"$out/density.json" <<EOF
   "start_all_s": $(elapsed "$t0" "$t_started"),
   "running_all_s": $(elapsed "$t0" "$t_running"),
   "stop_all_s": $(elapsed "$t1" "$t_stopped"),
+  "stop_phases_s": {"kill": $(elapsed "$t1" "$t_killed"), "tasks_rm": $(elapsed "$t_killed" "$t_deleted"), "containers_rm": $(elapsed "$t_deleted" "$t_stopped")},
   "shims_gone_s": $(elapsed "$t1" "$t_gone"),
   "pss_kb": {"containers": $c_kb, "shims": $s_kb, "node_fork_server": $ns_kb, "total": $total, "per_container": $per_kb},
   "shim_processes": $s_n,
