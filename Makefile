@@ -8,6 +8,8 @@ BUNDLES := $(REPO)/target/test-bundles
 SOCK := /run/wshim/containerd.sock
 CTR := ctr --address $(SOCK)
 RUNTIME := io.containerd.wasmedge.v1
+# Sleeping wasm containers started at once by `make bench` (benches/density.sh).
+DENSITY_N ?= 1000
 export WSHIM_BIN := $(BIN)
 
 
@@ -54,10 +56,12 @@ test: containerd-up bundles
 	$(IN_ENV) cargo test --release --workspace --no-fail-fast; rc=$$?; \
 	$(IN_ENV) packaging/containerd/down.sh || rc=1; exit $$rc
 
-## bench: criterion benches and the end-to-end comparison with runc and crun
+## bench: criterion benches, memory per container, density (DENSITY_N=1000 containers at once)
+## and the end-to-end comparison with runc and crun
 bench: containerd-up bundles
 	$(IN_ENV) cargo bench -p wshim-benches --bench in_process
 	$(IN_ENV) benches/memory.sh
+	$(IN_ENV) env N=$(DENSITY_N) benches/density.sh
 	$(IN_ENV) benches/e2e.sh
 	python3 benches/report.py
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Prints the end-to-end table from target/bench/e2e.json (hyperfine) as ratios.
+"""Prints the end-to-end table from target/bench/e2e.json (hyperfine) as ratios, and the
+density rows from target/bench/density.json (benches/density.sh) against their targets.
 
 All rows come from one hyperfine run on one machine, so only their ratios mean anything.
 """
@@ -32,3 +33,29 @@ for ref, target in [("crun-native", 0.5), ("crun-wasmedge", 0.3)]:
     ratio = ours / median(ref)
     verdict = "meets" if ratio <= target else "misses"
     print(f"ours-image / {ref} = {ratio:.2f} ({verdict} the issue-5 target of at most {target})")
+
+# Density (benches/density.sh): N sleeping wasm containers at once, against issue 5's rows.
+density_path = path.parent / "density.json"
+print()
+if not density_path.exists():
+    print(f"density: no results ({density_path} is missing: run benches/density.sh)")
+    sys.exit(0)
+d = json.loads(density_path.read_text())
+n, per_mib = d["n"], d["pss_kb"]["per_container"] / 1024
+print(f"Density, {d['layout']} layout (one shim per container unless 'pod'), {d['parallel']} ctr commands in parallel")
+print()
+print("| row | target | measured | verdict |")
+print("|---|---|---|---|")
+clean = d["started"] == n and d["stopped_cleanly"] == n
+verdict = "meets" if n >= 1000 and clean else "misses" if clean else "fails"
+print(f"| wasm containers sleeping at once | 1000, all started and all stopped cleanly "
+      f"| {n}: {d['started']} started, {d['stopped_cleanly']} stopped cleanly | {verdict} |")
+verdict = "meets" if per_mib <= 8 else "misses"
+print(f"| PSS per sleeping container, shim processes included | ≤ 8 MiB | {per_mib:.2f} MiB at {n} | {verdict} |")
+print()
+print(f"start all: {d['start_all_s']:.1f} s (all RUNNING after {d['running_all_s']:.1f} s); "
+      f"stop and remove all: {d['stop_all_s']:.1f} s; "
+      f"PSS: containers {d['pss_kb']['containers'] / 1024:.0f} MiB + shims {d['pss_kb']['shims'] / 1024:.0f} MiB "
+      f"+ node fork server {d['pss_kb']['node_fork_server'] / 1024:.0f} MiB; "
+      f"system memory in use at peak {d['system_mem_used_kb']['peak'] / 1048576:.1f} GiB "
+      f"({d['system_mem_used_kb']['before'] / 1048576:.1f} GiB before)")
