@@ -28,7 +28,7 @@ prefix=density-
 out=$repo/target/bench
 tmp=$repo/target/tmp/density
 mkdir -p "$out" "$tmp"
-rm -f "$tmp"/*
+rm -f "$tmp"/* "$out/density.json"   # no stale results if this run fails
 layout=separate
 [ "$pod" = 1 ] && layout=pod
 
@@ -84,7 +84,7 @@ cleanup() {
   local rc=$?
   [ -z "$sampler" ] || kill "$sampler" 2>/dev/null || true
   if [ $rc -ne 0 ]; then
-    echo "density: cleaning up after the failure" >&2
+    if [ $rc -eq 130 ]; then echo "density: interrupted; cleaning up" >&2; else echo "density: cleaning up after the failure" >&2; fi
     remove_all
     local left
     left=$( (our_tasks; our_containers) | sort -u | wc -l)
