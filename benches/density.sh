@@ -40,8 +40,9 @@ kill -0 "$cpid" 2>/dev/null || fail "containerd (pid $cpid) is not running"
 $ctr version >/dev/null 2>&1 || fail "containerd does not answer at $sock"
 
 # The limits the run relies on, printed so that a failure can be read against them. None is
-# raised here: they are host-wide (pid_max, threads-max, inotify) and ample for N=1000
-# (about 5 pids per container; on cgroup v1 the OOM watch is an eventfd, not inotify).
+# raised here: they are host-wide (pid_max, threads-max, inotify) and enough for N=1000
+# (about 15 pids per container with one shim each, most of them the daemon's threads; on
+# cgroup v1 the OOM watch is an eventfd, not inotify; containerd holds 3 fds per container).
 limits() {
   printf 'pid_max=%s threads-max=%s inotify.max_user_instances=%s file-nr=%s containerd nofile=%s nproc=%s\n' \
     "$(cat /proc/sys/kernel/pid_max)" "$(cat /proc/sys/kernel/threads-max)" \
@@ -52,10 +53,10 @@ limits() {
 echo "density: $n containers, layout $layout, $par in parallel; $(limits)"
 host_tasks=$(ls -d /proc/[0-9]*/task/[0-9]* 2>/dev/null | wc -l)
 pid_max=$(cat /proc/sys/kernel/pid_max)
-# Each container costs a container process, and per shim a fork server and a daemon with a
-# handful of threads; refuse to start when that cannot fit under pid_max.
-need=$((n * 8))
-[ "$layout" = pod ] && need=$((n * 2))
+# Each container costs a container process, and per shim a fork server and a daemon of about
+# 13 threads (7 per container in a pod's shim); refuse to start when that cannot fit under pid_max.
+need=$((n * 16))
+[ "$layout" = pod ] && need=$((n * 8))
 [ $((host_tasks + need)) -lt "$pid_max" ] ||
   fail "pid_max $pid_max is too low: $host_tasks tasks run already and $n containers need about $need more"
 
@@ -163,6 +164,10 @@ want_shims=$((2 * n))
 [ "$layout" = pod ] && want_shims=2
 [ "$s_n" = "$want_shims" ] || fail "found $s_n shim processes for our containers, expected $want_shims"
 [ "$ns_n" = 1 ] || fail "expected one node fork server, found $ns_n"
+# The leftover check below looks for rootfs mounts in containerd's and the node fork server's
+# mount namespaces: it must see every running container's there, or it would be blind.
+seen=$(cat "/proc/$cpid/mountinfo" ${node:+"/proc/$node/mountinfo"} | grep -cE "/$prefix[0-9]+/rootfs " || true)
+[ "$seen" -ge "$n" ] || fail "only $seen rootfs mounts of $n containers seen in containerd's and the node fork server's mount namespaces"
 total=$((c_kb + s_kb + ns_kb))
 per_kb=$((total / n))
 threads=$(cat "$tmp/container-pids" "$tmp/shim-pids" | while read -r p; do ls "/proc/$p/task" 2>/dev/null | wc -l; done | awk '{s += $1} END {print s}')
@@ -200,8 +205,14 @@ shims=$(our_shims)
 [ -z "$shims" ] || fail "$(echo "$shims" | wc -l) shim processes left: $(echo "$shims" | head -3 | xargs -r -I{} sh -c 'echo {}: $(tr "\0" " " </proc/{}/cmdline)')"
 cg=$(ls -d /sys/fs/cgroup/*/default/"$prefix"* 2>/dev/null || true)
 [ -z "$cg" ] || fail "$(echo "$cg" | wc -l) cgroup directories left, e.g. $(echo "$cg" | head -3 | tr '\n' ' ')"
-mnt=$(grep -E "/$prefix[0-9]+(/| )" "/proc/$cpid/mountinfo" || true)
-[ -z "$mnt" ] || fail "$(echo "$mnt" | wc -l) mounts left in containerd's mount namespace, e.g. $(echo "$mnt" | head -2)"
+# The shims mount the rootfs in their own mount namespace, which is the node fork server's
+# (they are forked from it); that may not be containerd's (after a containerd restart from
+# another environment session): look in both.
+node=$(pgrep -f "^$bin/containerd-shim-wasmedge-v1-daemon node-server" || true)
+for p in $cpid $node; do
+  mnt=$(grep -E "/$prefix[0-9]+(/| )" "/proc/$p/mountinfo" || true)
+  [ -z "$mnt" ] || fail "$(echo "$mnt" | wc -l) mounts left in the mount namespace of $p ($(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-80)), e.g. $(echo "$mnt" | head -2)"
+done
 kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; sampler=
 peak_used=$(sort -n "$tmp/mem" | tail -1)
 echo "density: $n stopped and removed in $(elapsed "$t1" "$t_stopped") s (killed $(elapsed "$t1" "$t_killed") s, tasks deleted $(elapsed "$t_killed" "$t_deleted") s, containers removed $(elapsed "$t_deleted" "$t_stopped") s; shims gone after $(elapsed "$t1" "$t_gone") s); nothing left"
