@@ -8,6 +8,8 @@ BUNDLES := $(REPO)/target/test-bundles
 SOCK := /run/wshim/containerd.sock
 CTR := ctr --address $(SOCK)
 RUNTIME := io.containerd.wasmedge.v1
+# Sleeping wasm containers started at once by `make bench` (benches/density.sh).
+DENSITY_N ?= 1000
 export WSHIM_BIN := $(BIN)
 
 
@@ -54,7 +56,8 @@ test: containerd-up bundles
 	$(IN_ENV) cargo test --release --workspace --no-fail-fast; rc=$$?; \
 	$(IN_ENV) packaging/containerd/down.sh || rc=1; exit $$rc
 
-## bench: criterion benches, the stress tool, memory, and the end-to-end comparison with runc and crun
+## bench: criterion benches, the stress tool, memory per container, density (DENSITY_N
+## containers at once) and the end-to-end comparison with runc and crun
 STRESS_TASKS ?= 2000
 STRESS_CONCURRENCY ?= 4
 bench: containerd-up bundles
@@ -62,6 +65,7 @@ bench: containerd-up bundles
 	$(IN_ENV) cargo bench -p wshim-benches --bench shim
 	$(IN_ENV) $(BIN)/wshim-stress --tasks $(STRESS_TASKS) --concurrency $(STRESS_CONCURRENCY) --json target/bench/stress.json
 	$(IN_ENV) benches/memory.sh
+	$(IN_ENV) env N=$(DENSITY_N) benches/density.sh
 	$(IN_ENV) benches/e2e.sh
 	python3 benches/report.py
 

@@ -5,6 +5,7 @@
   All its rows come from one hyperfine run on one machine, so only their ratios mean anything.
 - shim_cold_start.json (cargo bench --bench shim): Create(+Start) → `_start` entered, p50/p99.
 - stress.json (wshim-stress): create+start+wait+delete throughput through the Task API.
+- density.json (benches/density.sh): N sleeping wasm containers at once, PSS per container.
 
 Usage: report.py [DIR] (default: target/bench of this checkout). Prints every section it has
 data for; exits 1 if a file is missing.
@@ -89,6 +90,27 @@ def shim_level(cold, stress):
     print()
 
 
+def density(d):
+    n, per_mib = d["n"], d["pss_kb"]["per_container"] / 1024
+    print(f"Density, {d['layout']} layout (one shim per container unless 'pod'), {d['parallel']} ctr commands in parallel")
+    print()
+    print("| row | target | measured | verdict |")
+    print("|---|---|---|---|")
+    clean = d["started"] == n and d["stopped_cleanly"] == n
+    v = verdict(n >= 1000) if clean else "fails"
+    print(f"| wasm containers sleeping at once | 1000, all started and all stopped cleanly "
+          f"| {n}: {d['started']} started, {d['stopped_cleanly']} stopped cleanly | {v} |")
+    print(f"| PSS per sleeping container, shim processes included | ≤ 8 MiB | {per_mib:.2f} MiB at {n} | {verdict(per_mib <= 8)} |")
+    print()
+    print(f"start all: {d['start_all_s']:.1f} s (all RUNNING after {d['running_all_s']:.1f} s); "
+          f"stop and remove all: {d['stop_all_s']:.1f} s; "
+          f"PSS: containers {d['pss_kb']['containers'] / 1024:.0f} MiB + shims {d['pss_kb']['shims'] / 1024:.0f} MiB "
+          f"+ node fork server {d['pss_kb']['node_fork_server'] / 1024:.0f} MiB; "
+          f"system memory in use at peak {d['system_mem_used_kb']['peak'] / 1048576:.1f} GiB "
+          f"({d['system_mem_used_kb']['before'] / 1048576:.1f} GiB before)")
+    print()
+
+
 e2e_data = load("e2e.json")
 if e2e_data:
     e2e(e2e_data)
@@ -96,5 +118,8 @@ cold = load("shim_cold_start.json")
 stress = load("stress.json")
 if cold or stress:
     shim_level(cold, stress)
+density_data = load("density.json")
+if density_data:
+    density(density_data)
 if problems:
     sys.exit("report: " + "; ".join(problems))
