@@ -39,6 +39,9 @@ use crate::state::{Proc, Status, Task};
 use crate::stdio::{open_io, Relays};
 use crate::CGROUP_ROOT;
 
+/// How long the events connection stays open without events.
+const EVENTS_LINGER: Duration = Duration::from_secs(1);
+
 type PlanHook = Box<dyn Fn(&mut Plan) + Send + Sync>;
 static PLAN_HOOK: OnceLock<PlanHook> = OnceLock::new();
 
@@ -52,10 +55,12 @@ struct Inner {
     tasks: Mutex<HashMap<String, Task>>,
     changed: Condvar,
     zygote: Arc<Zygote>,
-    /// The connection for the next event, if one is open. Each event takes it (or opens a new
-    /// one) and closes it after use: an idle ttrpc client is not idle (its receiver thread
-    /// polls every 10 ms), which a thousand shims turn into two busy cores.
-    publisher: Mutex<Option<RemotePublisher>>,
+    /// The events connection and when it was last used. It is closed after [`EVENTS_LINGER`]
+    /// without events: an idle ttrpc client is not idle (its receiver thread polls every
+    /// 10 ms), which a thousand sleeping shims turn into two busy cores; while a task starts
+    /// or ends, its few events share one connection.
+    publisher: Mutex<Option<(RemotePublisher, std::time::Instant)>>,
+    publisher_used: Condvar,
     /// containerd's ttrpc address, to reconnect to.
     events_address: String,
     namespace: String,
@@ -92,7 +97,8 @@ impl TaskService {
                 tasks: Mutex::new(HashMap::new()),
                 changed: Condvar::new(),
                 zygote,
-                publisher: Mutex::new(Some(publisher)),
+                publisher: Mutex::new(Some((publisher, std::time::Instant::now()))),
+                publisher_used: Condvar::new(),
                 events_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
                 namespace,
                 exit,
@@ -122,6 +128,8 @@ impl TaskService {
         }
         let s = svc.clone();
         std::thread::Builder::new().name("oom".into()).spawn(move || s.watch_oom()).expect("spawn oom thread");
+        let s = svc.clone();
+        std::thread::Builder::new().name("events".into()).spawn(move || s.close_idle_publisher()).expect("spawn events thread");
         svc
     }
 
@@ -133,11 +141,11 @@ impl TaskService {
         // Serialised, so that containerd gets the events in order.
         let mut slot = self.inner.publisher.lock().unwrap_or_else(|e| e.into_inner());
         let mut errors = Vec::new();
-        // A connection left from the daemon's start may be dead (containerd restarted): then
-        // a new one, to the same address, gets the event.
+        // A connection kept from an earlier event may be dead (containerd restarted): then a
+        // new one, to the same address, gets the event.
         for _ in 0..2 {
             let publisher = match slot.take() {
-                Some(p) => p,
+                Some((p, _)) => p,
                 None => match RemotePublisher::new(&self.inner.events_address) {
                     Ok(p) => p,
                     Err(e) => {
@@ -146,13 +154,33 @@ impl TaskService {
                     }
                 },
             };
-            // Dropped at the end of this iteration: the connection is closed.
             match publisher.publish(Context::default(), topic, &self.inner.namespace, event.clone_box()) {
-                Ok(()) => return,
+                Ok(()) => {
+                    *slot = Some((publisher, std::time::Instant::now()));
+                    self.inner.publisher_used.notify_one();
+                    return;
+                }
+                // Dropped: the connection is closed.
                 Err(e) => errors.push(e.to_string()),
             }
         }
         warn!(topic, errors:% = errors.join("; "); "publish failed");
+    }
+
+    /// Closes the events connection once it went unused for [`EVENTS_LINGER`].
+    fn close_idle_publisher(&self) {
+        let mut slot = self.inner.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let idle = slot.as_ref().map(|(_, at)| at.elapsed());
+            slot = match idle {
+                None => self.inner.publisher_used.wait(slot).unwrap_or_else(|e| e.into_inner()),
+                Some(idle) if idle >= EVENTS_LINGER => {
+                    *slot = None;
+                    slot
+                }
+                Some(idle) => self.inner.publisher_used.wait_timeout(slot, EVENTS_LINGER - idle).unwrap_or_else(|e| e.into_inner()).0,
+            };
+        }
     }
 
     /// One thread for every container's OOM notifications.
@@ -343,6 +371,7 @@ impl TaskService {
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(TaskError::Unsupported("checkpoint/restore"));
         }
+        let started = std::time::Instant::now();
         let bundle = Bundle::load(bundle_dir).map_err(|source| TaskError::Bundle { id: id.clone(), source })?;
         let entry = wshim_oci::detect(&bundle).map_err(|source| TaskError::Entrypoint { id: id.clone(), source })?;
         let stdio = Stdio { stdin: opt_path(&req.stdin), stdout: opt_path(&req.stdout), stderr: opt_path(&req.stderr) };
@@ -351,12 +380,15 @@ impl TaskService {
             let why = "containerd's terminal flag and process.terminal disagree";
             return Err(TaskError::BadRequest { id, field: "process.terminal", message: why.into() });
         }
+        let plan_us = started.elapsed().as_micros() as u64;
         if let Some(hook) = PLAN_HOOK.get() {
             hook(&mut plan);
         }
+        let hook_us = started.elapsed().as_micros() as u64 - plan_us;
         let (child_io, pending) = open_io(&req.stdin, &req.stdout, &req.stderr, req.terminal).map_err(|source| TaskError::Io { id: id.clone(), source })?.split();
         match create_container(plan.clone(), &self.inner.zygote, &self.inner.cgroup_root, child_io) {
             Ok(c) => {
+                info!(id = id.as_str(), plan_us, hook_us, total_us = started.elapsed().as_micros() as u64; "create steps");
                 let relays = pending.start(c.console.as_ref()).map_err(|source| TaskError::Io { id: id.clone(), source });
                 match relays {
                     Ok(r) => Ok((c, plan, r)),
