@@ -64,6 +64,7 @@ bench: containerd-up bundles
 	$(IN_ENV) cargo bench -p wshim-benches --bench in_process
 	$(IN_ENV) cargo bench -p wshim-benches --bench shim
 	$(IN_ENV) $(BIN)/wshim-stress --tasks $(STRESS_TASKS) --concurrency $(STRESS_CONCURRENCY) --json target/bench/stress.json
+	$(IN_ENV) $(BIN)/wshim-stress --tasks $(STRESS_TASKS) --concurrency $(STRESS_CONCURRENCY) --fresh-tasks 0 --pod-namespaces --json target/bench/stress-pod-namespaces.json
 	$(IN_ENV) benches/memory.sh
 	$(IN_ENV) env N=$(DENSITY_N) benches/density.sh
 	$(IN_ENV) benches/e2e.sh

@@ -129,6 +129,13 @@ impl Workspace {
 
     /// Writes the bundle of task `id` running `/<module>` with `args`, in `pod` if given.
     pub fn bundle(&self, id: &str, pod: Option<&str>, module: &str, args: &[&str]) -> Result<PathBuf> {
+        self.bundle_joining(id, pod, module, args, None)
+    }
+
+    /// Like [`Workspace::bundle`]; with `sandbox_pid`, the task joins that process's network,
+    /// IPC and UTS namespaces by path (`/proc/PID/ns/…`), as containerd's CRI plugin has a
+    /// pod's containers join its sandbox's; it still gets its own pid and mount namespaces.
+    pub fn bundle_joining(&self, id: &str, pod: Option<&str>, module: &str, args: &[&str], sandbox_pid: Option<u32>) -> Result<PathBuf> {
         let mut spec: serde_json::Value = serde_json::from_str(DEFAULT_SPEC).expect("the default spec is JSON");
         let mut argv = vec![format!("/{module}")];
         argv.extend(args.iter().map(|a| a.to_string()));
@@ -137,6 +144,17 @@ impl Workspace {
         spec["linux"]["cgroupsPath"] = format!("/{}/{id}", self.cgroup_parent).into();
         if let Some(ns) = &self.namespaces {
             spec["linux"]["namespaces"] = ns.iter().map(|t| serde_json::json!({ "type": t })).collect();
+        }
+        if let Some(pid) = sandbox_pid {
+            for ns in spec["linux"]["namespaces"].as_array_mut().expect("namespaces is a list") {
+                let file = match ns["type"].as_str() {
+                    Some("network") => "net",
+                    Some("ipc") => "ipc",
+                    Some("uts") => "uts",
+                    _ => continue,
+                };
+                ns["path"] = format!("/proc/{pid}/ns/{file}").into();
+            }
         }
         if let Some(p) = &self.patch {
             merge_patch(&mut spec, p);

@@ -4,7 +4,9 @@
 //! [--namespaces LIST] [--spec-patch JSON]` (`--spec-patch`: an RFC 7386 merge patch of the
 //! tasks' spec, e.g. `{"mounts":[]}`; `--namespaces`: the tasks' namespace types, comma-separated, instead
 //! of the default spec's pid,ipc,uts,mount,network: to see what each costs; `--daemon-log`:
-//! keep the warm pod daemon's log, whose timestamps show where its time goes).
+//! keep the warm pod daemon's log, whose timestamps show where its time goes;
+//! `--pod-namespaces`: the warm pod's tasks join its sandbox's network, IPC and UTS
+//! namespaces by path, as a Kubernetes pod's containers do, instead of getting new ones).
 //!
 //! `--trace N`: instead, N tasks one at a time through a warm shim, each with a FIFO as
 //! stdout, and a watcher thread polling the task's cgroup (every 50 µs): prints when, after
@@ -41,11 +43,12 @@ struct Args {
     daemon_log: Option<PathBuf>,
     namespaces: Option<String>,
     spec_patch: Option<String>,
+    pod_namespaces: bool,
     trace: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { tasks: 2000, concurrency: 4, fresh_tasks: 200, json: None, daemon_log: None, namespaces: None, spec_patch: None, trace: 0 };
+    let mut a = Args { tasks: 2000, concurrency: 4, fresh_tasks: 200, json: None, daemon_log: None, namespaces: None, spec_patch: None, pod_namespaces: false, trace: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -57,9 +60,10 @@ fn parse_args() -> Result<Args> {
             "--daemon-log" => a.daemon_log = Some(value()?.into()),
             "--namespaces" => a.namespaces = Some(value()?),
             "--spec-patch" => a.spec_patch = Some(value()?),
+            "--pod-namespaces" => a.pod_namespaces = true,
             "--trace" => a.trace = value()?.parse().context("--trace")?,
             "-h" | "--help" => {
-                println!("usage: wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH] [--namespaces pid,ipc,uts,mount,network] [--spec-patch JSON] [--trace N]");
+                println!("usage: wshim-stress [--tasks N] [--concurrency C] [--fresh-tasks M] [--json PATH] [--daemon-log PATH] [--namespaces pid,ipc,uts,mount,network] [--spec-patch JSON] [--pod-namespaces] [--trace N]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (see --help)"),
@@ -203,12 +207,13 @@ fn warm_pod(ws: &Workspace, a: &Args) -> Result<Run> {
     let sb = ws.bundle(sandbox, Some(&pod), "sleep.wasm", &[])?;
     let shim = ws.start_shim(sandbox, &sb)?;
     let result = (|| {
-        shim.create(sandbox, &sb, "")?;
+        let sandbox_pid = shim.create(sandbox, &sb, "")?;
         shim.start(sandbox)?;
+        let joined = a.pod_namespaces.then_some(sandbox_pid);
         // Warm-up: the first Create compiles the module into the node's AOT cache.
         for i in 0..20 {
             let id = format!("stress-warm-{i}");
-            let b = ws.bundle(&id, Some(&pod), "hello.wasm", &[])?;
+            let b = ws.bundle_joining(&id, Some(&pod), "hello.wasm", &[], joined)?;
             shim.run(&id, &b)?;
             ws.remove_bundle(&b);
         }
@@ -216,7 +221,7 @@ fn warm_pod(ws: &Workspace, a: &Args) -> Result<Run> {
         let bundles: Vec<(String, PathBuf)> = (0..a.tasks)
             .map(|i| {
                 let id = format!("stress-{i}");
-                ws.bundle(&id, Some(&pod), "hello.wasm", &[]).map(|b| (id, b))
+                ws.bundle_joining(&id, Some(&pod), "hello.wasm", &[], joined).map(|b| (id, b))
             })
             .collect::<Result<_, _>>()?;
         let address = shim.address().to_string();

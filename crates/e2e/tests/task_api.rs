@@ -26,6 +26,18 @@ fn field<'a>(report: &'a str, key: &str) -> &'a str {
     report.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("no {key} in:\n{report}"))
 }
 
+/// `ctr ARGS` with its stdin, stdout and stderr piped to us.
+fn spawn_ctr(args: &[&str]) -> std::process::Child {
+    Command::new("ctr")
+        .args(["--address", SOCK])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"))
+}
+
 #[test]
 fn exec_of_a_native_program_joins_the_container() {
     let id = "e2e-exec-native";
@@ -71,13 +83,7 @@ fn exec_of_a_wasm_module_runs_through_wasmedge_in_the_container() {
 fn exec_gets_stdin_and_its_end() {
     let id = "e2e-exec-stdin";
     pause_container(id, &[]);
-    let mut child = Command::new("ctr")
-        .args(["--address", SOCK, "tasks", "exec", "--exec-id", "cat1", id, "/cat.wasm"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ctr exec");
+    let mut child = spawn_ctr(&["tasks", "exec", "--exec-id", "cat1", id, "/cat.wasm"]);
     child.stdin.take().unwrap().write_all(b"through stdin\n").unwrap();
     // stdin closed: cat sees end-of-file and exits.
     let r = wait_child(child, 10);
@@ -89,13 +95,7 @@ fn exec_gets_stdin_and_its_end() {
 #[test]
 fn close_io_ends_stdin_while_the_client_holds_it_open() {
     let id = "e2e-closeio";
-    let mut child = Command::new("ctr")
-        .args(["--address", SOCK, "run", "--rm", "--runtime", RUNTIME, "--rootfs", &tools(), id, "/cat.wasm"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ctr run");
+    let mut child = spawn_ctr(&["run", "--rm", "--runtime", RUNTIME, "--rootfs", &tools(), id, "/cat.wasm"]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"before CloseIO\n").unwrap();
     wait_status(id, "RUNNING", 10);
@@ -112,13 +112,7 @@ fn close_io_ends_stdin_while_the_client_holds_it_open() {
 
 #[test]
 fn run_with_stdin_reads_it_to_the_end() {
-    let mut child = Command::new("ctr")
-        .args(["--address", SOCK, "run", "--rm", "--runtime", RUNTIME, "--rootfs", &tools(), "e2e-run-stdin", "/cat.wasm"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ctr run");
+    let mut child = spawn_ctr(&["run", "--rm", "--runtime", RUNTIME, "--rootfs", &tools(), "e2e-run-stdin", "/cat.wasm"]);
     let mut stdin = child.stdin.take().unwrap();
     for i in 0..100 {
         writeln!(stdin, "line {i}").unwrap();
