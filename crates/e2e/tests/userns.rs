@@ -217,3 +217,42 @@ fn a_user_namespace_joined_by_path_matches_runc() {
     assert!(sandbox_userns.to_string_lossy().starts_with("user:["), "{sandbox_userns:?}");
     assert_ne!(sandbox_userns, std::fs::read_link("/proc/self/ns/user").unwrap(), "the sandbox has a user namespace of its own");
 }
+
+/// `ctr task exec` into a container with a user namespace (as `kubectl exec` into a pod with
+/// `hostUsers: false`): the exec'd probe sees what runc's sees, the container's mappings,
+/// root and capabilities over the namespace. Also into a wasm container (whose process is
+/// not dumpable, so its namespaces must be opened before entering its user namespace), and
+/// a wasm module as the exec'd process.
+#[test]
+fn exec_enters_the_user_namespace_like_runc() {
+    let keys = ["uid", "gid", "uid_map", "gid_map", "groups", "CapEff", "CapBnd", "NoNewPrivs", "Seccomp", "fds"];
+    let mut reports = Vec::new();
+    for (runtime, id, init) in [
+        (RUNTIME, "e2e-userns-exec-ours", &["/pause"][..]),
+        (RUNC, "e2e-userns-exec-runc", &["/pause"][..]),
+        (RUNTIME, "e2e-userns-exec-wasm", &["/sleep.wasm", "60"][..]),
+    ] {
+        let s = spec(id, "rootfs-tools", init, |_| {});
+        let r = run_spec(runtime, id, &s, true);
+        assert_eq!(r.code, 0, "{runtime} {id}: {r:?}");
+        let pid = wait_status(id, "RUNNING", 10);
+        let e = ctr(&["tasks", "exec", "--exec-id", "probe1", id, "/probe"]);
+        let w = ctr(&["tasks", "exec", "--exec-id", "echo1", id, "/echo.wasm", "in", "userns"]);
+        let userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+        kill_and_remove(id);
+        assert_eq!(e.code, 0, "{runtime} {id}: exec of the probe: {e:?}");
+        let report: Vec<String> = e.stdout.lines().map(str::to_string).collect();
+        let pid_seen: i32 = field(&report, "pid").parse().unwrap();
+        assert!(pid_seen > 1, "{id}: the exec'd process is not in the container's pid namespace: pid {pid_seen}");
+        assert_ne!(userns, std::fs::read_link("/proc/self/ns/user").unwrap(), "{id}: the container has no user namespace of its own");
+        if runtime == RUNTIME {
+            assert_eq!(w.code, 0, "{id}: exec of a wasm module: {w:?}");
+            assert!(w.stdout.starts_with("argv[0]=/echo.wasm\nargv[1]=in\nargv[2]=userns\n"), "{w:?}");
+        }
+        reports.push(keys.map(|k| format!("{k}={}", field(&report, k))));
+    }
+    assert_eq!(reports[0], reports[1], "exec: ours vs runc");
+    assert_eq!(reports[2], reports[0], "exec into a wasm container vs into a native one");
+    assert_eq!(field(&reports[0].to_vec(), "uid_map"), "0 100000 65536");
+    assert_eq!(field(&reports[0].to_vec(), "uid"), "0");
+}

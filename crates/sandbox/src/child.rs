@@ -63,15 +63,28 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
 
     // Namespaces given by path (a pod's shared ones, or all of a container's for an exec).
     // Before any mount work, so a joined mount namespace is the one the container's mounts
-    // go into. (A pid namespace was joined by the fork server, before the clone; a user
-    // namespace by the process that cloned us, see userns::clone_in_userns.)
+    // go into. (A pid namespace was joined by the fork server, before the clone; a new
+    // container's user namespace by the process that cloned us, see
+    // userns::clone_in_userns; an exec process's below, after the others.)
     // An exec process needs the container's root too: setns into a mount namespace puts a
     // process at the namespace's first root, which pivot_root does not change. Opened while
     // the host's /proc is in sight.
     let exec_root = if plan.exec { Some(std::fs::File::open(&plan.rootfs).ctx(Step::JoinNamespace, plan.rootfs.display())?) } else { None };
+    // An exec process into a container with a user namespace: opened now, as host root.
+    // /proc/PID/ns of a non-dumpable (wasm) process is closed to anyone without
+    // CAP_SYS_PTRACE in the initial user namespace, which entering the container's drops.
+    let exec_userns = match plan.join_userns() {
+        Some(path) if plan.exec => Some((std::fs::File::open(path).ctx(Step::JoinNamespace, path.display())?, path)),
+        _ => None,
+    };
     for (flag, path) in plan.join_ns.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID && *f != libc::CLONE_NEWUSER) {
         let f = std::fs::File::open(path).ctx(Step::JoinNamespace, path.display())?;
         setns(f.as_fd(), CloneFlags::from_bits_truncate(*flag)).ctx(Step::JoinNamespace, path.display())?;
+    }
+    // The user namespace last: host root may join every namespace of the container, and
+    // from inside it the process holds every capability over them (chroot below included).
+    if let Some((f, path)) = exec_userns {
+        setns(f.as_fd(), CloneFlags::CLONE_NEWUSER).ctx(Step::JoinNamespace, path.display())?;
     }
     if let Some(root) = exec_root {
         nix::unistd::fchdir(&root).ctx(Step::PivotRoot, "enter the container's root")?;

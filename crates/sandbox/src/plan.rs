@@ -303,19 +303,19 @@ impl Plan {
     /// rlimits. `entry` is what `process.args[0]` names in the container.
     pub fn for_exec(&self, process: &Process, init_pid: i32, entry: Entrypoint) -> Result<Plan, PlanError> {
         check_process(process)?;
-        if self.in_userns() {
-            // It would have to enter the user namespace before the others (userns.rs).
-            return Err(unsupported("linux.namespaces (user)", "exec into a container with a user namespace is not implemented yet"));
-        }
         let ns = |name: &str| PathBuf::from(format!("/proc/{init_pid}/ns/{name}"));
-        let mut join_ns: Vec<(i32, PathBuf)> = [
+        // In a container with a user namespace the process enters it too: the child itself,
+        // after joining the others as host root (child.rs).
+        let userns = self.in_userns().then_some((CloneFlags::CLONE_NEWUSER, "user"));
+        let mut join_ns: Vec<(i32, PathBuf)> = userns
+            .into_iter()
+            .chain([
             (CloneFlags::CLONE_NEWIPC, "ipc"),
             (CloneFlags::CLONE_NEWUTS, "uts"),
             (CloneFlags::CLONE_NEWNET, "net"),
             (CloneFlags::CLONE_NEWPID, "pid"),
             (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
-        ]
-        .into_iter()
+        ])
         .map(|(f, n)| (f.bits(), ns(n)))
         .collect();
         // The mount namespace last: after it, /proc/PID/ns of the host is out of sight.
@@ -361,9 +361,20 @@ impl Plan {
         self.clone_flags().contains(CloneFlags::CLONE_NEWUSER)
     }
 
-    /// The user namespace joined by path (a pod's), if any.
+    /// The user namespace joined by path (a pod's, or the container's for an exec), if any.
     pub fn join_userns(&self) -> Option<&Path> {
         self.join_ns.iter().find(|(f, _)| *f == libc::CLONE_NEWUSER).map(|(_, p)| p.as_path())
+    }
+
+    /// The user namespace the fork server must clone the process in: one joined by path
+    /// for a new container, whose new namespaces must belong to it. An exec process makes
+    /// no namespace and enters the container's user namespace itself.
+    pub(crate) fn clone_in_userns(&self) -> Option<&Path> {
+        if self.exec {
+            None
+        } else {
+            self.join_userns()
+        }
     }
 
     /// The process runs in a user namespace other than the shim's, new or joined.
@@ -779,6 +790,24 @@ mod tests {
         // Mappings given along only describe the joined namespace; they may be absent.
         let p = plan(serde_json::json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/self/ns/user"}, {"type": "mount"}]}})).unwrap();
         assert!(p.in_userns() && p.uid_mappings.is_empty());
+    }
+
+    #[test]
+    fn an_exec_into_a_user_namespace_enters_it_itself() {
+        let p = plan(userns(serde_json::json!({}))).unwrap();
+        let process: Process = serde_json::from_value(serde_json::json!({"args": ["/probe"], "cwd": "/", "user": {"uid": 0, "gid": 0}})).unwrap();
+        let e = p.for_exec(&process, 42, p.entry.clone()).unwrap();
+        assert_eq!(e.join_userns(), Some(Path::new("/proc/42/ns/user")));
+        assert!(e.in_userns() && !e.new_userns());
+        // Not cloned inside it by the fork server: it makes no namespace of its own.
+        assert_eq!(e.clone_in_userns(), None);
+        assert_eq!(e.join_ns.last().map(|(f, _)| *f), Some(libc::CLONE_NEWNS));
+        // A container of a pod is cloned inside the pod's.
+        let joined = plan(serde_json::json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/self/ns/user"}, {"type": "mount"}]}})).unwrap();
+        assert_eq!(joined.clone_in_userns(), Some(Path::new("/proc/self/ns/user")));
+        // Without a user namespace, none is joined.
+        let plain = plan(serde_json::json!({})).unwrap();
+        assert_eq!(plain.for_exec(&process, 42, plain.entry.clone()).unwrap().join_userns(), None);
     }
 
     #[test]

@@ -20,6 +20,11 @@
 //! made, so they belong to it; the fork server cannot enter it (there is no way back), so
 //! [`clone_in_userns`] clones a short-lived intermediate that enters it and clones the
 //! container process from there. Steps 2 and 3 then run as above, without writing maps.
+//!
+//! An exec process into a container with a user namespace makes no namespace: it is cloned
+//! as host root, opens the container's namespaces (/proc/PID/ns of a non-dumpable wasm
+//! process is closed to it once it is inside), joins all but the user namespace, then the
+//! user namespace, and goes on with steps 2 and 3.
 
 use std::os::fd::{AsFd, BorrowedFd};
 

@@ -142,7 +142,7 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
         // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork(2): the child
         // gets a copy of this single-threaded process and returns 0 here. CLONE_PARENT makes
         // the shim, not this server, its parent, so the shim reaps it and sees its status.
-        let pid = match req.plan.join_userns() {
+        let pid = match req.plan.clone_in_userns() {
             // The new namespaces must belong to that user namespace: cloned from inside it.
             Some(path) => crate::userns::clone_in_userns(path, flags),
             None => unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) },
