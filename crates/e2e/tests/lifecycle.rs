@@ -136,3 +136,30 @@ fn the_pause_container_starts_and_stays_up() {
     remove("e2e-pause-container");
     assert_nothing_left("e2e-pause-container");
 }
+
+/// The container process is cloned straight into its cgroup v2 directory (clone3 with
+/// CLONE_INTO_CGROUP: this host's `unified` mount), and joins the v1 hierarchies itself:
+/// /proc/PID/cgroup shows it in the container's cgroup in every hierarchy.
+#[test]
+fn the_process_is_cloned_into_its_cgroup() {
+    let id = "e2e-into-cgroup";
+    let r = run_detached(&["--platform", "wasi/wasm", &image("sleep")], id, &[], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let pid = wait_status(id, "RUNNING", 10);
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    kill_and_remove(id);
+    let log = std::fs::read_to_string("/run/wshim/containerd.log").expect("containerd log");
+    let created = log.lines().find(|l| l.contains(&format!(r#"id="{id}""#)) && l.contains("container created")).expect("a 'container created' log line");
+    assert!(created.contains(r#"into_cgroup="true""#), "not cloned into its cgroup: {created}");
+    let want = format!("/default/{id}");
+    for line in cgroups.lines() {
+        // hierarchy-id:controllers:path; v1 systemd's named hierarchy is not ours to set.
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        if controllers.starts_with("name=") {
+            continue;
+        }
+        assert_eq!(path, want, "hierarchy {controllers:?} in\n{cgroups}");
+    }
+    assert!(cgroups.lines().any(|l| l.starts_with("0::")), "no cgroup v2 line in\n{cgroups}");
+}

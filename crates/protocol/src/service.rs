@@ -299,6 +299,7 @@ impl TaskService {
         match self.create_in_rootfs(req, &bundle_dir) {
             Ok((container, plan, io)) => {
                 let pid = container.pid as u32;
+                let into_cgroup = container.into_cgroup;
                 let oom = match container.cgroup.oom_watch() {
                     Ok(w) => w,
                     Err(e) => {
@@ -334,7 +335,7 @@ impl TaskService {
                 };
                 self.tasks().insert(id.clone(), task);
                 let create_us = started.elapsed().as_micros() as u64;
-                info!(id = id.as_str(), pid, create_us; "container created");
+                info!(id = id.as_str(), pid, create_us, into_cgroup; "container created");
                 let ev = TaskCreate {
                     container_id: id,
                     bundle: req.bundle.clone(),

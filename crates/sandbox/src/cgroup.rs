@@ -125,6 +125,17 @@ impl Cgroup {
         self.dirs.iter().find(|(n, _)| n == hierarchy).map(|(_, d)| d.as_path())
     }
 
+    /// This cgroup's directory in the cgroup v2 hierarchy, if it has one: the cgroup on a
+    /// v2 host, its `unified` directory on a hybrid host. A process can be cloned straight
+    /// into it (`CLONE_INTO_CGROUP`).
+    pub fn v2_dir(&self) -> Option<&Path> {
+        match self.mode {
+            CgroupMode::V2 => self.dirs.first().map(|(_, d)| d.as_path()),
+            // Only the cgroup2 mount has cgroup.controllers (empty on a hybrid host).
+            CgroupMode::V1 => self.dir("unified").filter(|d| d.join("cgroup.controllers").exists()),
+        }
+    }
+
     /// The `cgroup.procs` files a process writes its pid into to join this cgroup.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|(_, d)| d.join("cgroup.procs")).collect()
@@ -528,6 +539,21 @@ mod tests {
         cg.remove().unwrap();
         assert!(!p.join("memory/default/c1").exists());
         assert!(p.join("memory/default").exists(), "ancestors stay");
+    }
+
+    #[test]
+    fn the_v2_directory_to_clone_into() {
+        let t = v1_tree();
+        let cg = Cgroup::locate(t.path(), "/default/c1").unwrap();
+        // A v1 hierarchy named `unified` that is not cgroup2 (no cgroup.controllers): none.
+        assert_eq!(cg.v2_dir(), None);
+        std::fs::create_dir_all(t.path().join("unified/default/c1")).unwrap();
+        std::fs::write(t.path().join("unified/default/c1/cgroup.controllers"), "").unwrap();
+        assert_eq!(cg.v2_dir(), Some(t.path().join("unified/default/c1").as_path()));
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("cgroup.controllers"), "memory").unwrap();
+        let v2 = Cgroup::locate(d.path(), "k8s/c1").unwrap();
+        assert_eq!(v2.v2_dir(), Some(d.path().join("k8s/c1").as_path()));
     }
 
     #[test]

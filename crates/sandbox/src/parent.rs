@@ -35,6 +35,8 @@ pub struct Container {
     sync: OwnedFd,
     /// With `process.terminal`: the master of the pty that is the process's stdio.
     pub console: Option<OwnedFd>,
+    /// The process was cloned straight into the cgroup's v2 directory (CLONE_INTO_CGROUP).
+    pub into_cgroup: bool,
 }
 
 /// Creates the container described by `plan`: its cgroup under `cgroup_root`, then its
@@ -61,8 +63,16 @@ pub fn create_exec(mut plan: Plan, zygote: &Zygote, container: &Container, stdio
 fn spawn(plan: &Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup) -> Result<Container, CreateError> {
     let (ours, theirs) = sync::pair().map_err(ZygoteError::Io)?;
     // The fork server clones the process; it is our child (CLONE_PARENT), so our reaper
-    // sees its exit. The child's end of the socketpair and stdio went with the request.
-    let pid = zygote.spawn(plan, theirs, stdio)?;
+    // sees its exit. The child's end of the socketpair and stdio went with the request;
+    // with the cgroup's v2 directory, the process starts in it (CLONE_INTO_CGROUP) and
+    // joins only the v1 hierarchies itself.
+    let into_cgroup = cgroup.v2_dir().map(|d| {
+        nix::fcntl::open(d, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map(|fd| (fd, d.join("cgroup.procs")))
+    });
+    // Not opening it is no error: the process then joins by cgroup.procs, which reports it.
+    let into_cgroup = into_cgroup.and_then(Result::ok);
+    let (pid, placed) = zygote.spawn(plan, theirs, stdio, into_cgroup)?;
     // In a user namespace the child waits for us to map its ids and set its limits (userns.rs).
     if plan.in_userns() {
         if let Err(e) = crate::userns::set_up_from_parent(pid, plan, ours.as_fd()) {
@@ -76,7 +86,7 @@ fn spawn(plan: &Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup) -> R
     let mut console = None;
     let err = loop {
         match recv::<ChildMsg>(ours.as_fd(), MsgFlags::empty()) {
-            Ok(Some((ChildMsg::Ready, _))) => return Ok(Container { pid, cgroup, sync: ours, console }),
+            Ok(Some((ChildMsg::Ready, _))) => return Ok(Container { pid, cgroup, sync: ours, console, into_cgroup: placed }),
             Ok(Some((ChildMsg::Console, mut fds))) if fds.len() == 1 && console.is_none() => console = fds.pop(),
             Ok(Some((ChildMsg::Failed(e), _))) => break CreateError::Setup(e),
             Ok(Some((other, _))) => break CreateError::Sync { pid, source: std::io::Error::other(format!("unexpected {other:?}")) },

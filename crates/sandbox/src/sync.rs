@@ -56,11 +56,16 @@ pub(crate) fn send<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> 
 /// Receives one message; `Ok(None)` when the peer closed its end.
 pub(crate) fn recv<T: DeserializeOwned>(fd: BorrowedFd<'_>, flags: MsgFlags) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_MSG];
-    let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
+    // Room for the most a message carries: a spawn request's sync, stdio and cgroup.
+    let mut cmsg_space = nix::cmsg_space!([RawFd; 8]);
     let (n, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg_space), flags | MsgFlags::MSG_CMSG_CLOEXEC) {
             Ok(msg) => {
+                if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                    // The kernel closed what did not fit: the message is not whole.
+                    return Err(std::io::Error::other("a message came with more descriptors than expected"));
+                }
                 let mut fds = Vec::new();
                 for c in msg.cmsgs().map_err(std::io::Error::from)? {
                     if let ControlMessageOwned::ScmRights(raw) = c {

@@ -27,11 +27,15 @@ pub enum ZygoteError {
 #[derive(Serialize, Deserialize)]
 struct SpawnRequest {
     plan: Plan,
+    /// With a fifth descriptor, a cgroup v2 directory to clone the process into: this is
+    /// its cgroup.procs, which the process then need not write.
+    into_cgroup: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize, Deserialize)]
 enum SpawnReply {
-    Pid(i32),
+    /// The process, and whether it was cloned into the cgroup.
+    Pid(i32, bool),
     Error(String),
 }
 
@@ -70,17 +74,20 @@ impl Zygote {
     }
 
     /// Asks the fork server for a container process for `plan`; `sync` is the child's end of
-    /// the shim's socketpair with it, `stdio` the process's fds 0, 1 and 2. Returns the new
-    /// process's pid, a child of this process.
-    pub fn spawn(&self, plan: &Plan, sync: OwnedFd, stdio: [OwnedFd; 3]) -> Result<i32, ZygoteError> {
+    /// the shim's socketpair with it, `stdio` the process's fds 0, 1 and 2, `into_cgroup` a
+    /// cgroup v2 directory (and its cgroup.procs) to start it in, if the kernel can. Returns
+    /// the new process's pid, a child of this process, and whether it started in that cgroup.
+    pub fn spawn(&self, plan: &Plan, sync: OwnedFd, stdio: [OwnedFd; 3], into_cgroup: Option<(OwnedFd, std::path::PathBuf)>) -> Result<(i32, bool), ZygoteError> {
         let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
-        let fds = [sync.as_raw_fd(), stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
-        send(sock.as_fd(), &SpawnRequest { plan: plan.clone() }, &fds)?;
+        let mut fds = vec![sync.as_raw_fd(), stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
+        fds.extend(into_cgroup.as_ref().map(|(fd, _)| fd.as_raw_fd()));
+        send(sock.as_fd(), &SpawnRequest { plan: plan.clone(), into_cgroup: into_cgroup.as_ref().map(|(_, procs)| procs.clone()) }, &fds)?;
         // The fork server holds its copies now; ours would keep the FIFOs open.
         drop(sync);
         drop(stdio);
+        drop(into_cgroup);
         match recv::<SpawnReply>(sock.as_fd(), MsgFlags::empty())? {
-            Some((SpawnReply::Pid(pid), _)) => Ok(pid),
+            Some((SpawnReply::Pid(pid, placed), _)) => Ok((pid, placed)),
             Some((SpawnReply::Error(e), _)) => Err(ZygoteError::Clone(e)),
             None => Err(ZygoteError::Gone),
         }
@@ -115,12 +122,13 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
         let _ = unsafe { signal(s, SigHandler::SigDfl) };
     }
     loop {
-        let (req, fds) = match recv::<SpawnRequest>(sock.as_fd(), MsgFlags::empty()) {
+        let (mut req, mut fds) = match recv::<SpawnRequest>(sock.as_fd(), MsgFlags::empty()) {
             Ok(Some(m)) => m,
             // The shim closed its end or is gone: nothing more to serve.
             Ok(None) | Err(_) => unsafe_exit(0),
         };
-        // [sync, stdin, stdout, stderr], in the order `spawn` sent them.
+        // [sync, stdin, stdout, stderr, cgroup?], in the order `spawn` sent them.
+        let cgroup_dir = if req.into_cgroup.is_some() && fds.len() == 5 { fds.pop() } else { None };
         let Ok([child_sync, stdin, stdout, stderr]) = <[OwnedFd; 4]>::try_from(fds) else {
             let _ = send(sock.as_fd(), &SpawnReply::Error("request without its four descriptors".into()), &[]);
             continue;
@@ -142,15 +150,33 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
         // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork(2): the child
         // gets a copy of this single-threaded process and returns 0 here. CLONE_PARENT makes
         // the shim, not this server, its parent, so the shim reaps it and sees its status.
+        let mut placed = false;
         let pid = match req.plan.clone_in_userns() {
             // The new namespaces must belong to that user namespace: cloned from inside it.
             Some(path) => crate::userns::clone_in_userns(path, flags),
-            None => unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) },
+            None => {
+                // Straight into the cgroup (one migration fewer), where the kernel can;
+                // otherwise (before Linux 5.7, or refused) as before, and the child joins.
+                let into = cgroup_dir.as_ref().map_or(-1, |d| clone_into_cgroup(flags, d.as_fd()));
+                placed = into >= 0;
+                if placed {
+                    into
+                } else {
+                    unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) }
+                }
+            }
         };
         if pid == 0 {
             drop(sock);
+            drop(cgroup_dir);
+            if placed {
+                // Already in that cgroup: writing its cgroup.procs would be a needless migration.
+                let skip = req.into_cgroup.take();
+                req.plan.cgroup_procs.retain(|p| Some(p) != skip.as_ref());
+            }
             crate::child::container_init(req.plan, child_sync, stdio, &payload);
         }
+        drop(cgroup_dir);
         drop(child_sync);
         drop(stdio);
         if let Some(own) = join_pid {
@@ -160,11 +186,46 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
                 unsafe_exit(1);
             }
         }
-        let reply = if pid < 0 { SpawnReply::Error(std::io::Error::last_os_error().to_string()) } else { SpawnReply::Pid(pid as i32) };
+        let reply = if pid < 0 { SpawnReply::Error(std::io::Error::last_os_error().to_string()) } else { SpawnReply::Pid(pid as i32, placed) };
         if send(sock.as_fd(), &reply, &[]).is_err() {
             unsafe_exit(0);
         }
     }
+}
+
+/// `CLONE_INTO_CGROUP` (clone3, Linux 5.7): the child starts in this cgroup v2 directory.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// clone3(2)'s argument, as in linux/sched.h (version 2, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Like the fork-style clone(2) with `flags` (clone's layout: the exit signal in the low
+/// byte), but the child starts in the cgroup v2 directory `cgroup`. Returns what clone
+/// returns: 0 in the child, the pid in the caller, -1 with errno set.
+fn clone_into_cgroup(flags: libc::c_int, cgroup: std::os::fd::BorrowedFd<'_>) -> libc::c_long {
+    let flags = flags as u32 as u64;
+    let mut args = CloneArgs { flags: (flags & !0xff) | CLONE_INTO_CGROUP, cgroup: cgroup.as_raw_fd() as u64, ..Default::default() };
+    // With CLONE_PARENT clone3 wants no exit signal: the child gets the caller's.
+    if flags & libc::CLONE_PARENT as u64 == 0 {
+        args.exit_signal = flags & 0xff;
+    }
+    // SAFETY: no new stack: like fork(2), the child runs on a copy of this single-threaded
+    // process and returns 0 here. `args` outlives the call and its size is passed with it.
+    unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) }
 }
 
 /// Makes `path` the pid namespace of our next child; returns our own, to go back to.
