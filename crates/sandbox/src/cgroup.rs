@@ -141,6 +141,20 @@ impl Cgroup {
         self.dirs.iter().map(|(_, d)| d.join("cgroup.procs")).collect()
     }
 
+    /// The files a single-threaded process writes "0" into to join this cgroup itself: `tasks`
+    /// in a v1 hierarchy, `cgroup.procs` in the v2 one. Moving the calling thread (v1
+    /// `tasks`, pid 0) spares the kernel the global threadgroup lock that moving a whole
+    /// process takes, whose write side waits for an RCU grace period (milliseconds); for a
+    /// single-threaded process both move the same. v2 has no such file: the process is
+    /// cloned into its v2 cgroup instead (CLONE_INTO_CGROUP) where the kernel can.
+    pub fn join_files(&self) -> Vec<PathBuf> {
+        let v2 = self.v2_dir().map(Path::to_path_buf);
+        self.dirs
+            .iter()
+            .map(|(_, d)| if self.mode == CgroupMode::V2 || v2.as_ref() == Some(d) { d.join("cgroup.procs") } else { d.join("tasks") })
+            .collect()
+    }
+
     /// A control file of one hierarchy ("" on v2), trimmed; `None` when missing.
     pub fn read(&self, hierarchy: &str, file: &str) -> Option<String> {
         let dir = if self.mode == CgroupMode::V2 { &self.dirs[0].1 } else { self.dirs.iter().find(|(n, _)| n == hierarchy).map(|(_, d)| d)? };
@@ -530,6 +544,9 @@ mod tests {
         assert_eq!(read(p.join("cpuset/default/cpuset.cpus")), "0-1", "new cpuset dirs copy their parent");
         assert_eq!(read(p.join("cpuset/default/c1/cpuset.mems")), "0");
         assert!(cg.procs_files().contains(&p.join("unified/default/c1/cgroup.procs")));
+        // Joining: the v1 hierarchies' tasks files; this fake `unified` is not cgroup2.
+        assert!(cg.join_files().contains(&p.join("memory/default/c1/tasks")));
+        assert!(cg.join_files().contains(&p.join("unified/default/c1/tasks")));
         // A fake tree has no kernel to empty the directories; remove what we wrote.
         for (_, d) in &cg.dirs {
             for f in std::fs::read_dir(d).unwrap() {
@@ -550,10 +567,14 @@ mod tests {
         std::fs::create_dir_all(t.path().join("unified/default/c1")).unwrap();
         std::fs::write(t.path().join("unified/default/c1/cgroup.controllers"), "").unwrap();
         assert_eq!(cg.v2_dir(), Some(t.path().join("unified/default/c1").as_path()));
+        let joins = cg.join_files();
+        assert!(joins.contains(&t.path().join("unified/default/c1/cgroup.procs")), "{joins:?}");
+        assert!(joins.contains(&t.path().join("pids/default/c1/tasks")), "{joins:?}");
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("cgroup.controllers"), "memory").unwrap();
         let v2 = Cgroup::locate(d.path(), "k8s/c1").unwrap();
         assert_eq!(v2.v2_dir(), Some(d.path().join("k8s/c1").as_path()));
+        assert_eq!(v2.join_files(), vec![d.path().join("k8s/c1/cgroup.procs")]);
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub fn create_container(mut plan: Plan, zygote: &Zygote, cgroup_root: &Path, std
     // The cgroup exists, with its limits, before the process: the child joins it as its
     // first step, so nothing it does runs unaccounted.
     let cgroup = Cgroup::create(cgroup_root, &plan.cgroups_path, plan.resources.as_ref()).map_err(|e| (e.into(), None))?;
-    plan.cgroup_procs = cgroup.procs_files();
+    plan.cgroup_procs = cgroup.join_files();
     plan.cgroup_mount_sources = cgroup.dirs.clone();
     spawn(&plan, zygote, stdio, cgroup.clone()).map_err(|e| (e, Some(cgroup)))
 }
@@ -56,7 +56,7 @@ pub fn create_container(mut plan: Plan, zygote: &Zygote, cgroup_root: &Path, std
 /// from [`Plan::for_exec`]. It joins the container's namespaces and cgroup, and waits for
 /// [`Container::start`] like the container's own process.
 pub fn create_exec(mut plan: Plan, zygote: &Zygote, container: &Container, stdio: [OwnedFd; 3]) -> Result<Container, CreateError> {
-    plan.cgroup_procs = container.cgroup.procs_files();
+    plan.cgroup_procs = container.cgroup.join_files();
     spawn(&plan, zygote, stdio, container.cgroup.clone())
 }
 

@@ -107,7 +107,8 @@ pub struct Plan {
     pub cgroups_path: String,
     pub resources: Option<LinuxResources>,
     pub stdio: Stdio,
-    /// Filled in by the parent once the cgroup exists: files the child writes its pid to.
+    /// Filled in by the parent once the cgroup exists: files the child writes "0" into to join
+    /// it ([`crate::Cgroup::join_files`]).
     pub cgroup_procs: Vec<PathBuf>,
     /// Filled in by the parent: (controller dir name, host dir) bound under a `cgroup` mount.
     pub cgroup_mount_sources: Vec<(String, PathBuf)>,
