@@ -5,6 +5,7 @@
 
 mod daemon;
 mod error;
+mod events;
 mod front;
 mod metrics;
 mod service;

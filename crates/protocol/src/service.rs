@@ -23,7 +23,6 @@ use containerd_shim::protos::topics::{
     TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC, TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC,
     TASK_OOM_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
-use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api::Empty, ExitSignal, Task as TaskApi, TtrpcContext, TtrpcResult};
 use log::{error, info, warn};
@@ -35,12 +34,13 @@ use wshim_oci::Bundle;
 use wshim_sandbox::{create_container, create_exec, mount_rootfs, unmount_rootfs, Container, Plan, RootfsMount, Stdio, Zygote};
 
 use crate::error::{to_ttrpc, TaskError};
+use crate::events::Events;
 use crate::state::{Proc, Status, Task};
 use crate::stdio::{open_io, Relays};
 use crate::CGROUP_ROOT;
 
-/// How long the events connection stays open without events.
-const EVENTS_LINGER: Duration = Duration::from_secs(1);
+/// How long Shutdown waits for the queued events to reach containerd.
+const EVENTS_FLUSH: Duration = Duration::from_secs(5);
 
 type PlanHook = Box<dyn Fn(&mut Plan) + Send + Sync>;
 static PLAN_HOOK: OnceLock<PlanHook> = OnceLock::new();
@@ -55,15 +55,8 @@ struct Inner {
     tasks: Mutex<HashMap<String, Task>>,
     changed: Condvar,
     zygote: Arc<Zygote>,
-    /// The events connection and when it was last used. It is closed after [`EVENTS_LINGER`]
-    /// without events: an idle ttrpc client is not idle (its receiver thread polls every
-    /// 10 ms), which a thousand sleeping shims turn into two busy cores; while a task starts
-    /// or ends, its few events share one connection.
-    publisher: Mutex<Option<(RemotePublisher, std::time::Instant)>>,
-    publisher_used: Condvar,
-    /// containerd's ttrpc address, to reconnect to.
-    events_address: String,
-    namespace: String,
+    /// Events go to containerd in order, from their own thread (events.rs).
+    events: Events,
     exit: Arc<ExitSignal>,
     cgroup_root: PathBuf,
     /// OOM notifications of every container's cgroup; the event's data is a token.
@@ -97,10 +90,7 @@ impl TaskService {
                 tasks: Mutex::new(HashMap::new()),
                 changed: Condvar::new(),
                 zygote,
-                publisher: Mutex::new(Some((publisher, std::time::Instant::now()))),
-                publisher_used: Condvar::new(),
-                events_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
-                namespace,
+                events: Events::start(publisher, std::env::var("TTRPC_ADDRESS").unwrap_or_default(), namespace).expect("spawn events thread"),
                 exit,
                 cgroup_root: PathBuf::from(CGROUP_ROOT),
                 oom_epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll_create1"),
@@ -128,8 +118,6 @@ impl TaskService {
         }
         let s = svc.clone();
         std::thread::Builder::new().name("oom".into()).spawn(move || s.watch_oom()).expect("spawn oom thread");
-        let s = svc.clone();
-        std::thread::Builder::new().name("events".into()).spawn(move || s.close_idle_publisher()).expect("spawn events thread");
         svc
     }
 
@@ -138,49 +126,7 @@ impl TaskService {
     }
 
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        // Serialised, so that containerd gets the events in order.
-        let mut slot = self.inner.publisher.lock().unwrap_or_else(|e| e.into_inner());
-        let mut errors = Vec::new();
-        // A connection kept from an earlier event may be dead (containerd restarted): then a
-        // new one, to the same address, gets the event.
-        for _ in 0..2 {
-            let publisher = match slot.take() {
-                Some((p, _)) => p,
-                None => match RemotePublisher::new(&self.inner.events_address) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        errors.push(format!("connect {}: {e}", self.inner.events_address));
-                        continue;
-                    }
-                },
-            };
-            match publisher.publish(Context::default(), topic, &self.inner.namespace, event.clone_box()) {
-                Ok(()) => {
-                    *slot = Some((publisher, std::time::Instant::now()));
-                    self.inner.publisher_used.notify_one();
-                    return;
-                }
-                // Dropped: the connection is closed.
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        warn!(topic, errors:% = errors.join("; "); "publish failed");
-    }
-
-    /// Closes the events connection once it went unused for [`EVENTS_LINGER`].
-    fn close_idle_publisher(&self) {
-        let mut slot = self.inner.publisher.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let idle = slot.as_ref().map(|(_, at)| at.elapsed());
-            slot = match idle {
-                None => self.inner.publisher_used.wait(slot).unwrap_or_else(|e| e.into_inner()),
-                Some(idle) if idle >= EVENTS_LINGER => {
-                    *slot = None;
-                    slot
-                }
-                Some(idle) => self.inner.publisher_used.wait_timeout(slot, EVENTS_LINGER - idle).unwrap_or_else(|e| e.into_inner()).0,
-            };
-        }
+        self.inner.events.publish(topic, event);
     }
 
     /// One thread for every container's OOM notifications.
@@ -789,6 +735,10 @@ impl TaskApi for TaskService {
         // The shim serves every container of its pod: it stays while any remains.
         if self.tasks().is_empty() {
             info!("last task gone: shutting down");
+            // The last task's events (its exit, its delete) reach containerd before we go.
+            if !self.inner.events.flush(EVENTS_FLUSH) {
+                warn!(within_s = EVENTS_FLUSH.as_secs(); "events not all published before shutdown");
+            }
             self.inner.exit.signal();
         }
         Ok(Empty::new())
