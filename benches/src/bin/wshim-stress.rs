@@ -298,7 +298,7 @@ fn fresh_pods(ws: &Workspace, a: &Args) -> Result<Run> {
 }
 
 /// `--trace`: where one task's time goes, seen from outside the shim (see the top).
-fn trace(ws: &Workspace, n: usize) -> Result<()> {
+fn trace(ws: &Workspace, n: usize, pod_namespaces: bool) -> Result<()> {
     use wshim_benches::shim::StdoutFifo;
     let pod = format!("trace-pod-{}", std::process::id());
     let sandbox = "trace-sandbox";
@@ -307,11 +307,12 @@ fn trace(ws: &Workspace, n: usize) -> Result<()> {
     let names = ["cgroup made", "joined", "Create returned", "Start returned", "first byte", "Wait returned", "Delete returned"];
     let mut marks: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let result = (|| -> Result<()> {
-        shim.create(sandbox, &sb, "")?;
+        let sandbox_pid = shim.create(sandbox, &sb, "")?;
         shim.start(sandbox)?;
+        let joined = pod_namespaces.then_some(sandbox_pid);
         for i in 0..n + 5 {
             let id = format!("trace-{i}");
-            let b = ws.bundle(&id, Some(&pod), "hello.wasm", &[])?;
+            let b = ws.bundle_joining(&id, Some(&pod), "hello.wasm", &[], joined)?;
             let out = StdoutFifo::new(ws.dir().join(format!("{id}.out")))?;
             let dir = ws.cgroup_dir("pids", &id);
             let stop = AtomicBool::new(false);
@@ -382,7 +383,7 @@ fn main() -> Result<()> {
         ws.set_spec_patch(serde_json::from_str(p).context("--spec-patch")?);
     }
     if a.trace > 0 {
-        let traced = trace(&ws, a.trace);
+        let traced = trace(&ws, a.trace, a.pod_namespaces);
         ws.check_clean().context("after the trace")?;
         return traced;
     }
