@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end cold start through the private containerd, all runtimes in one hyperfine run:
-# `ctr run --rm` of a hello program with our shim (image and plain rootfs), runc native,
-# crun native and crun+WasmEdge. Writes target/bench/e2e.json; benches/report.py prints
-# the ratios. Runs inside the environment (make bench).
+# `ctr run --rm` of a hello program with our shim, runc native, crun native and
+# crun+WasmEdge, each once from an image (containerd prepares a snapshot and mounts it) and
+# once from a plain rootfs directory (`--rootfs`, no snapshot). Writes target/bench/e2e.json;
+# benches/report.py prints the ratios, image against image and rootfs against rootfs.
+# Runs inside the environment (make bench).
 set -euo pipefail
 [ -n "${WSHIM_IN_ENV:-}" ] || { echo "run it inside the environment: make bench" >&2; exit 1; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +13,9 @@ out=$repo/target/bench
 runs=${RUNS:-30}
 mkdir -p "$out"
 ctr="ctr --address /run/wshim/containerd.sock"
-$ctr image import --all-platforms "$b/hello.tar" >/dev/null
+for t in hello hello-native hello-wasm-linux; do $ctr image import --all-platforms "$b/$t.tar" >/dev/null; done
+native_img=docker.io/wshim-test/hello-native:latest
+wasm_linux_img=docker.io/wshim-test/hello-wasm-linux:latest
 
 # crun refuses this host's hybrid cgroups. As measured for ENVIRONMENT.md, it runs with
 # --cgroup-manager=disabled where /sys/fs/cgroup is a cgroup2 mount: the wrapper gives
@@ -32,10 +36,16 @@ check ours-rootfs $ctr run --rm --runtime io.containerd.wasmedge.v1 --rootfs "$b
 check runc $ctr run --rm --runtime io.containerd.runc.v2 --rootfs "$b/native/rootfs" bench-check-3 /hello
 check crun $ctr run --rm --runtime io.containerd.runc.v2 --runc-binary "$wrap" --rootfs "$b/native/rootfs" bench-check-4 /hello
 check crun-wasmedge $ctr run --rm --runtime io.containerd.runc.v2 --runc-binary "$wrap" --annotation module.wasm.image/variant=compat --rootfs "$b/native/rootfs-wasm" bench-check-5 /hello.wasm
+check runc-image $ctr run --rm --runtime io.containerd.runc.v2 $native_img bench-check-6
+check crun-image $ctr run --rm --runtime io.containerd.runc.v2 --runc-binary "$wrap" $native_img bench-check-7
+check crun-wasmedge-image $ctr run --rm --runtime io.containerd.runc.v2 --runc-binary "$wrap" --annotation module.wasm.image/variant=compat $wasm_linux_img bench-check-8
 
 hyperfine --runs "$runs" --warmup 3 --export-json "$out/e2e.json" --style basic \
   -n ours-image "$ctr run --rm --runtime io.containerd.wasmedge.v1 --platform wasi/wasm docker.io/wshim-test/hello:latest bench-a" \
   -n ours-rootfs "$ctr run --rm --runtime io.containerd.wasmedge.v1 --rootfs $b/native/rootfs-wasm bench-b /hello.wasm" \
   -n runc-native "$ctr run --rm --runtime io.containerd.runc.v2 --rootfs $b/native/rootfs bench-c /hello" \
   -n crun-native "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --rootfs $b/native/rootfs bench-d /hello" \
-  -n crun-wasmedge "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --annotation module.wasm.image/variant=compat --rootfs $b/native/rootfs-wasm bench-e /hello.wasm"
+  -n crun-wasmedge "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --annotation module.wasm.image/variant=compat --rootfs $b/native/rootfs-wasm bench-e /hello.wasm" \
+  -n runc-image "$ctr run --rm --runtime io.containerd.runc.v2 $native_img bench-f" \
+  -n crun-image "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap $native_img bench-g" \
+  -n crun-wasmedge-image "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --annotation module.wasm.image/variant=compat $wasm_linux_img bench-h"

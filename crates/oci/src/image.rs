@@ -1,5 +1,6 @@
 //! Wasm OCI image archives in the "compat" layout: one layer holding the module (and any
-//! extra files), the entrypoint set, platform `wasi/wasm`. `ctr image import` accepts them.
+//! extra files), the entrypoint set, platform `wasi/wasm` (or another, for comparisons with
+//! native runtimes). `ctr image import` accepts them.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,6 +29,15 @@ pub struct ImageSpec {
     pub files: Vec<(PathBuf, String)>,
     pub entrypoint: Vec<String>,
     pub env: Vec<String>,
+    /// The image's (os, architecture): `("wasi", "wasm")` for a wasm image.
+    pub platform: (String, String),
+}
+
+impl ImageSpec {
+    /// The platform of a wasm image.
+    pub fn wasm_platform() -> (String, String) {
+        ("wasi".into(), "wasm".into())
+    }
 }
 
 const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -46,8 +56,8 @@ pub fn build_image_archive(spec: &ImageSpec, out: impl Write) -> Result<(), Imag
     let layer = layer_tar(&spec.files)?;
     let layer_digest = digest(&layer);
     let config = serde_json::to_vec(&json!({
-        "architecture": "wasm",
-        "os": "wasi",
+        "architecture": spec.platform.1,
+        "os": spec.platform.0,
         "config": { "Entrypoint": spec.entrypoint, "Env": spec.env },
         "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
         "history": [{ "created_by": "wasmedge-shim image tool" }],
@@ -71,7 +81,7 @@ pub fn build_image_archive(spec: &ImageSpec, out: impl Write) -> Result<(), Imag
             "mediaType": MANIFEST_TYPE,
             "digest": manifest_digest,
             "size": manifest.len(),
-            "platform": { "os": "wasi", "architecture": "wasm" },
+            "platform": { "os": spec.platform.0, "architecture": spec.platform.1 },
             "annotations": {
                 "io.containerd.image.name": spec.name,
                 "org.opencontainers.image.ref.name": tag,
@@ -117,7 +127,9 @@ fn layer_tar(files: &[(PathBuf, String)]) -> Result<Vec<u8>, ImageError> {
                 ar.append_data(&mut h, format!("{d}/"), std::io::empty())?;
             }
         }
-        let mode = if bytes.starts_with(&crate::WASM_MAGIC) { 0o755 } else { 0o644 };
+        // Modules and the host's executables are executable in the image.
+        let host_exec = std::fs::metadata(host).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0).unwrap_or(false);
+        let mode = if bytes.starts_with(&crate::WASM_MAGIC) || host_exec { 0o755 } else { 0o644 };
         add_bytes(&mut ar, rel, &bytes, mode)?;
     }
     Ok(ar.into_inner()?)
@@ -162,6 +174,7 @@ mod tests {
             files: vec![(m, "/app/hello.wasm".into())],
             entrypoint: vec!["/app/hello.wasm".into()],
             env: vec![],
+            platform: ImageSpec::wasm_platform(),
         };
         let mut buf = Vec::new();
         build_image_archive(&spec, &mut buf).unwrap();
@@ -191,11 +204,33 @@ mod tests {
     }
 
     #[test]
+    fn a_native_image_has_its_platform_and_an_executable_entrypoint() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("hello");
+        std::fs::write(&f, b"\x7fELF").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let spec = ImageSpec { name: "x:v".into(), files: vec![(f, "/hello".into())], entrypoint: vec!["/hello".into()], env: vec![], platform: ("linux".into(), "amd64".into()) };
+        let mut buf = Vec::new();
+        build_image_archive(&spec, &mut buf).unwrap();
+        let files = unpack(&buf);
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        assert_eq!(index["manifests"][0]["platform"], serde_json::json!({"os": "linux", "architecture": "amd64"}));
+        let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&files[&format!("blobs/sha256/{}", &manifest_digest[7..])]).unwrap();
+        let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap();
+        let layer = &files[&format!("blobs/sha256/{}", &layer_digest[7..])];
+        let mut ar = tar::Archive::new(&layer[..]);
+        let e = ar.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().to_string_lossy() == "hello").expect("hello in the layer");
+        assert_eq!(e.header().mode().unwrap() & 0o777, 0o755);
+    }
+
+    #[test]
     fn relative_destination_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("x");
         std::fs::write(&f, b"x").unwrap();
-        let spec = ImageSpec { name: "x".into(), files: vec![(f, "x".into())], entrypoint: vec!["/x".into()], env: vec![] };
+        let spec = ImageSpec { name: "x".into(), files: vec![(f, "x".into())], entrypoint: vec!["/x".into()], env: vec![], platform: ImageSpec::wasm_platform() };
         assert!(matches!(build_image_archive(&spec, Vec::new()), Err(ImageError::RelativeDest(_))));
     }
 }
