@@ -47,20 +47,22 @@ pub fn create_container(mut plan: Plan, zygote: &Zygote, cgroup_root: &Path, std
     // The cgroup exists, with its limits, before the process: the child joins it as its
     // first step, so nothing it does runs unaccounted.
     let cgroup = Cgroup::create(cgroup_root, &plan.cgroups_path, plan.resources.as_ref()).map_err(|e| (e.into(), None))?;
-    plan.cgroup_procs = cgroup.join_files();
     plan.cgroup_mount_sources = cgroup.dirs.clone();
-    spawn(&plan, zygote, stdio, cgroup.clone()).map_err(|e| (e, Some(cgroup)))
+    spawn(plan, zygote, stdio, cgroup.clone()).map_err(|e| (e, Some(cgroup)))
 }
 
 /// Creates an extra process in the running container `container` (an exec): `plan` comes
 /// from [`Plan::for_exec`]. It joins the container's namespaces and cgroup, and waits for
 /// [`Container::start`] like the container's own process.
-pub fn create_exec(mut plan: Plan, zygote: &Zygote, container: &Container, stdio: [OwnedFd; 3]) -> Result<Container, CreateError> {
-    plan.cgroup_procs = container.cgroup.join_files();
-    spawn(&plan, zygote, stdio, container.cgroup.clone())
+pub fn create_exec(plan: Plan, zygote: &Zygote, container: &Container, stdio: [OwnedFd; 3]) -> Result<Container, CreateError> {
+    spawn(plan, zygote, stdio, container.cgroup.clone())
 }
 
-fn spawn(plan: &Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup) -> Result<Container, CreateError> {
+/// The process for `plan`, in `cgroup`: the files it joins and the v2 directory it may be
+/// cloned into both come from that one cgroup here.
+fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup) -> Result<Container, CreateError> {
+    plan.cgroup_procs = cgroup.join_files();
+    let plan = &plan;
     let (ours, theirs) = sync::pair().map_err(ZygoteError::Io)?;
     // The fork server clones the process; it is our child (CLONE_PARENT), so our reaper
     // sees its exit. The child's end of the socketpair and stdio went with the request;
