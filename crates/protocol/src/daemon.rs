@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use containerd_shim::monitor::monitor_notify_by_pid;
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::write_address;
 use containerd_shim::ExitSignal;
 use log::{error, info};
@@ -29,14 +28,19 @@ pub fn node_socket(containerd_address: &str) -> PathBuf {
     PathBuf::from(a.strip_prefix("unix://").unwrap_or(&a))
 }
 
-/// The node fork server: binds `path`, then forks a shim daemon, `daemon(args)`, for every
-/// request. Never returns on success; the process must still be single-threaded.
-pub fn run_node_server(path: &Path, daemon: impl Fn(&[String]) -> i32) -> i32 {
+/// The node fork server: binds `path`, then forks a shim daemon for every request: the
+/// child runs `prepare` (what needs no request: see [`prepare_daemon`]), then `daemon(prepared,
+/// args)`. Between requests it keeps one such child forked and prepared ahead, a standby, so
+/// a new pod's `start` waits for neither. Never returns on success; the process must still
+/// be single-threaded.
+pub fn run_node_server<S>(path: &Path, prepare: impl Fn() -> S, daemon: impl Fn(S, &[String]) -> i32) -> i32 {
     // Out of the way of whoever started it: its own session, no working directory to pin.
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
+    let exe = std::env::args().next().unwrap_or_else(|| "containerd-shim-wasmedge-v1-daemon".into());
+    let standby = [exe, "standby".into(), path.display().to_string()];
     match bind_server(path) {
-        Ok(Some((listener, _lock))) => serve_forks(listener, |req| daemon(&req.args)),
+        Ok(Some((listener, _lock))) => serve_forks(listener, &standby, prepare, |p, req| daemon(p, &req.args)),
         Ok(None) => 0,
         Err(e) => {
             eprintln!("{RUNTIME_ID}: node fork server: bind {}: {e}", path.display());
@@ -45,11 +49,29 @@ pub fn run_node_server(path: &Path, daemon: impl Fn(&[String]) -> i32) -> i32 {
     }
 }
 
+/// What a daemon sets up before it knows which pod it serves (so a standby can do it ahead):
+/// its signal handlers, its role as subreaper, and its container fork server, forked while
+/// the process is single-threaded.
+pub struct Prepared {
+    signals: Signals,
+    zygote: Zygote,
+}
+
+/// `factory` forks the container fork server; it runs before any thread of this process
+/// starts.
+pub fn prepare_daemon(factory: impl Fn() -> Result<Zygote, ZygoteError>) -> Result<Prepared, String> {
+    // Signal handlers (no thread) first, so no child exit is missed; we reap the container
+    // processes, which are our children (CLONE_PARENT) or, reparented, our descendants.
+    let signals = Signals::new([SIGTERM, SIGINT, SIGPIPE, SIGCHLD]).map_err(|e| format!("signals: {e}"))?;
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
+    let zygote = factory().map_err(|e| format!("cannot start the fork server: {e}"))?;
+    Ok(Prepared { signals, zygote })
+}
+
 /// Serves the Task API as containerd's shim for `args` (`-namespace … -id … -address …
-/// -socket …`); returns the exit code. `factory` forks the container fork server; it runs
-/// before any thread of this process starts.
-pub fn run_daemon(args: &[String], factory: impl Fn() -> Result<Zygote, ZygoteError>) -> i32 {
-    match serve(args, factory) {
+/// -socket …`); returns the exit code.
+pub fn run_daemon(args: &[String], prepared: Result<Prepared, String>) -> i32 {
+    match prepared.and_then(|p| serve(args, p)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("{RUNTIME_ID}: {e}");
@@ -59,22 +81,21 @@ pub fn run_daemon(args: &[String], factory: impl Fn() -> Result<Zygote, ZygoteEr
     }
 }
 
-fn serve(args: &[String], factory: impl Fn() -> Result<Zygote, ZygoteError>) -> Result<(), String> {
+fn serve(args: &[String], prepared: Prepared) -> Result<(), String> {
+    // `serving_us` in the log: from here (the request known) until containerd may connect.
+    let t0 = std::time::Instant::now();
     let flags = containerd_shim::parse(args.get(1..).unwrap_or_default()).map_err(|e| format!("arguments: {e}"))?;
     if flags.namespace.is_empty() || flags.socket.is_empty() {
         return Err("arguments: -namespace and -socket are required".into());
     }
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
-    // Signal handlers (no thread) first, so no child exit is missed; we reap the container
-    // processes, which are our children (CLONE_PARENT) or, reparented, our descendants.
-    let signals = Signals::new([SIGTERM, SIGINT, SIGPIPE, SIGCHLD]).map_err(|e| format!("signals: {e}"))?;
-    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
-    // The container fork server is forked while this process is still single-threaded.
-    let zygote = Arc::new(factory().map_err(|e| format!("cannot start the fork server: {e}"))?);
+    let Prepared { signals, zygote } = prepared;
+    // Named after this shim in `ps` (a standby forked it before it knew).
+    zygote.rename(args).map_err(|e| format!("fork server: {e}"))?;
+    let zygote = Arc::new(zygote);
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).map_err(|e| format!("log: {e}"))?;
-    let publisher = RemotePublisher::new(&ttrpc_address).map_err(|e| format!("events {ttrpc_address}: {e}"))?;
     let exit = Arc::new(ExitSignal::default());
-    let service = TaskService::new(zygote, publisher, flags.namespace.clone(), exit.clone());
+    let service = TaskService::new(zygote, ttrpc_address, flags.namespace.clone(), exit.clone());
 
     let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket).to_string();
     let listener = match bind(&path) {
@@ -106,7 +127,7 @@ fn serve(args: &[String], factory: impl Fn() -> Result<Zygote, ZygoteError>) -> 
         .register_service(create_task(Arc::new(service)));
     server.start().map_err(|e| format!("ttrpc server: {e}"))?;
     signal_listening();
-    info!(socket = path.as_str(); "shim daemon serving");
+    info!(socket = path.as_str(), serving_us = t0.elapsed().as_micros() as u64; "shim daemon serving");
     std::thread::Builder::new().name("reaper".into()).spawn(move || reap(signals)).map_err(|e| format!("reaper thread: {e}"))?;
     exit.wait();
     server.shutdown();

@@ -14,7 +14,7 @@ mod stdio;
 
 pub use error::{to_ttrpc, TaskError};
 pub use front::{cleanup_bundle, run_front, DAEMON_NAME};
-pub use daemon::{node_socket, run_daemon, run_node_server};
+pub use daemon::{node_socket, prepare_daemon, run_daemon, run_node_server, Prepared};
 pub use service::{set_plan_hook, TaskService};
 
 /// The runtime type containerd knows us by.

@@ -23,7 +23,6 @@ use containerd_shim::protos::topics::{
     TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC, TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC,
     TASK_OOM_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api::Empty, ExitSignal, Task as TaskApi, TtrpcContext, TtrpcResult};
 use log::{error, info, warn};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -84,13 +83,13 @@ fn not_found(id: &str, exec_id: &str) -> TaskError {
 }
 
 impl TaskService {
-    pub fn new(zygote: Arc<Zygote>, publisher: RemotePublisher, namespace: String, exit: Arc<ExitSignal>) -> TaskService {
+    pub fn new(zygote: Arc<Zygote>, ttrpc_address: String, namespace: String, exit: Arc<ExitSignal>) -> TaskService {
         let svc = TaskService {
             inner: Arc::new(Inner {
                 tasks: Mutex::new(HashMap::new()),
                 changed: Condvar::new(),
                 zygote,
-                events: Events::start(publisher, std::env::var("TTRPC_ADDRESS").unwrap_or_default(), namespace).expect("spawn events thread"),
+                events: Events::start(ttrpc_address, namespace).expect("spawn events thread"),
                 exit,
                 cgroup_root: PathBuf::from(CGROUP_ROOT),
                 oom_epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll_create1"),

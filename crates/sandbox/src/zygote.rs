@@ -32,6 +32,15 @@ struct SpawnRequest {
     into_cgroup: Option<std::path::PathBuf>,
 }
 
+/// What the shim asks of its fork server.
+#[derive(Serialize, Deserialize)]
+enum ZygoteMsg {
+    Spawn(SpawnRequest),
+    /// Show this command line (the shim's, renamed) in `ps`; no reply. A shim forked ahead
+    /// of its request (a standby) forked its fork server before it knew its own.
+    Rename(Vec<String>),
+}
+
 #[derive(Serialize, Deserialize)]
 enum SpawnReply {
     /// The process, and whether it was cloned into the cgroup.
@@ -81,7 +90,8 @@ impl Zygote {
         let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
         let mut fds = vec![sync.as_raw_fd(), stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
         fds.extend(into_cgroup.as_ref().map(|(fd, _)| fd.as_raw_fd()));
-        send(sock.as_fd(), &SpawnRequest { plan: plan.clone(), into_cgroup: into_cgroup.as_ref().map(|(_, procs)| procs.clone()) }, &fds)?;
+        let req = SpawnRequest { plan: plan.clone(), into_cgroup: into_cgroup.as_ref().map(|(_, procs)| procs.clone()) };
+        send(sock.as_fd(), &ZygoteMsg::Spawn(req), &fds)?;
         // The fork server holds its copies now; ours would keep the FIFOs open.
         drop(sync);
         drop(stdio);
@@ -92,6 +102,22 @@ impl Zygote {
             None => Err(ZygoteError::Gone),
         }
     }
+}
+
+impl Zygote {
+    /// Names the fork server after the shim's command line `args` in `ps`.
+    pub fn rename(&self, args: &[String]) -> Result<(), ZygoteError> {
+        let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(send(sock.as_fd(), &ZygoteMsg::Rename(args.to_vec()), &[])?)
+    }
+}
+
+/// The fork server's command line: the shim's, with its program renamed.
+fn fork_server_args(mut args: Vec<String>) -> Vec<String> {
+    if let Some(a0) = args.first_mut() {
+        *a0 = format!("{}-fork-server", a0.trim_end_matches("-daemon"));
+    }
+    args
 }
 
 fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
@@ -109,21 +135,22 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
     // Tell it apart from the shim in `ps`: the same arguments, another name.
     // /proc/self/cmdline, not env::args(): a daemon forked by the node fork server has its
     // command line rewritten in place, which only the former reads right.
-    let mut args: Vec<String> = std::fs::read("/proc/self/cmdline")
+    let args: Vec<String> = std::fs::read("/proc/self/cmdline")
         .map(|b| b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
         .unwrap_or_default();
-    if let Some(a0) = args.first_mut() {
-        *a0 = format!("{}-fork-server", a0.trim_end_matches("-daemon"));
-    }
-    let _ = crate::child::set_cmdline(&args);
+    let _ = crate::child::set_cmdline(&fork_server_args(args));
     // The shim may have installed handlers (signal-hook) that write to its pipes: not ours.
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGPIPE, Signal::SIGCHLD, Signal::SIGHUP] {
         // SAFETY: restoring the default disposition installs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigDfl) };
     }
     loop {
-        let (mut req, mut fds) = match recv::<SpawnRequest>(sock.as_fd(), MsgFlags::empty()) {
-            Ok(Some(m)) => m,
+        let (mut req, mut fds) = match recv::<ZygoteMsg>(sock.as_fd(), MsgFlags::empty()) {
+            Ok(Some((ZygoteMsg::Spawn(req), fds))) => (req, fds),
+            Ok(Some((ZygoteMsg::Rename(args), _))) => {
+                let _ = crate::child::set_cmdline(&fork_server_args(args));
+                continue;
+            }
             // The shim closed its end or is gone: nothing more to serve.
             Ok(None) | Err(_) => unsafe_exit(0),
         };

@@ -13,13 +13,18 @@ fn main() {
     // `node-server PATH`: the node's fork server, forking a daemon per pod from this
     // already-loaded process (the front starts it on demand).
     if let (Some("node-server"), Some(path)) = (args.get(1).map(String::as_str), args.get(2)) {
-        std::process::exit(wshim_protocol::run_node_server(std::path::Path::new(path), daemon));
+        std::process::exit(wshim_protocol::run_node_server(std::path::Path::new(path), prepare, daemon));
     }
-    std::process::exit(daemon(&args));
+    std::process::exit(daemon(prepare(), &args));
+}
+
+/// What the daemon does before it knows its pod (a standby does it ahead of the request).
+fn prepare() -> Result<wshim_protocol::Prepared, String> {
+    wshim_protocol::prepare_daemon(|| wshim_sandbox::Zygote::fork(wshim_engine::WasmEdgePayload))
 }
 
 /// The daemon proper, from its arguments (its own, or a fork request's).
-fn daemon(args: &[String]) -> i32 {
+fn daemon(prepared: Result<wshim_protocol::Prepared, String>, args: &[String]) -> i32 {
     if let Some(mut cache) = AotCache::from_env() {
         match std::env::current_exe() {
             Ok(exe) => {
@@ -29,5 +34,5 @@ fn daemon(args: &[String]) -> i32 {
             Err(e) => eprintln!("containerd-shim-wasmedge-v1-daemon: AOT cache off: no path to this executable: {e}"),
         }
     }
-    wshim_protocol::run_daemon(args, || wshim_sandbox::Zygote::fork(wshim_engine::WasmEdgePayload))
+    wshim_protocol::run_daemon(args, prepared)
 }
