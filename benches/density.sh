@@ -64,9 +64,11 @@ ids() { seq 0 $((n - 1)) | sed "s/^/$prefix/"; }
 ours() { grep -E "^$prefix[0-9]+\$" || true; }
 our_tasks() { $ctr tasks ls -q 2>/dev/null | ours; }
 our_containers() { $ctr containers ls -q 2>/dev/null | ours; }
-# Shim processes of this checkout, the node fork server (command line "... node-server ...") aside.
-our_shims() { pgrep -f "^$bin/containerd-shim-wasmedge-v1" | while read -r p; do
-  grep -qa node-server "/proc/$p/cmdline" 2>/dev/null || echo "$p"; done; }
+# Node-level processes of this checkout: the node fork server ("... node-server PATH") and its
+# standby daemon with that daemon's fork server ("... standby PATH"), not yet any pod's.
+node_level() { pgrep -f "^$bin/containerd-shim-wasmedge-v1-(daemon|fork-server) (node-server|standby) " || true; }
+# Shim processes of this checkout, the node-level ones aside.
+our_shims() { local skip; skip=$(node_level); pgrep -f "^$bin/containerd-shim-wasmedge-v1" | grep -vxF "${skip:-none}" || true; }
 
 # Removes every container of ours, whatever state it is in. Used before the run (leftovers of
 # an interrupted one) and on every failure path.
@@ -152,12 +154,13 @@ echo "density: $n started in $(elapsed "$t0" "$t_started") s, all RUNNING after 
 sleep 2   # let the last ones settle (page faults of a fresh container)
 awk '{print $2}' "$tmp/tasks" >"$tmp/container-pids"
 # The shims serving our containers: their command line names the container they were started for.
-pgrep -af "^$bin/containerd-shim-wasmedge-v1-(daemon|fork-server) " | grep -v ' node-server ' |
+pgrep -af "^$bin/containerd-shim-wasmedge-v1-(daemon|fork-server) " | grep -vE ' (node-server|standby) ' |
   awk -v p="$prefix" '{for (i = 3; i < NF; i++) if ($i == "-id" && index($(i + 1), p) == 1) print $1}' >"$tmp/shim-pids"
 node=$(pgrep -f "^$bin/containerd-shim-wasmedge-v1-daemon node-server" || true)
 read -r c_kb c_n < <(pss_kb <"$tmp/container-pids")
 read -r s_kb s_n < <(pss_kb <"$tmp/shim-pids")
-read -r ns_kb ns_n < <(echo "$node" | pss_kb)
+read -r ns_kb _ < <(node_level | pss_kb)
+ns_n=$(echo "$node" | grep -c . || true)
 read -r cd_kb _ < <(echo "$cpid" | pss_kb)
 [ "$c_n" = "$n" ] || fail "PSS read for $c_n container processes, expected $n"
 want_shims=$((2 * n))
@@ -174,7 +177,7 @@ threads=$(cat "$tmp/container-pids" "$tmp/shim-pids" | while read -r p; do ls "/
 cd_threads=$(ls "/proc/$cpid/task" | wc -l)
 cd_fds=$(ls "/proc/$cpid/fd" | wc -l)
 used_at_n=$(mem_used_kb)
-echo "density: PSS containers ${c_kb} kB + $s_n shim processes ${s_kb} kB + node fork server ${ns_kb} kB = ${total} kB, $(awk -v k=$per_kb 'BEGIN {printf "%.2f", k / 1024}') MiB per container"
+echo "density: PSS containers ${c_kb} kB + $s_n shim processes ${s_kb} kB + node fork server and standby ${ns_kb} kB = ${total} kB, $(awk -v k=$per_kb 'BEGIN {printf "%.2f", k / 1024}') MiB per container"
 echo "density: our processes' threads $threads; containerd: PSS ${cd_kb} kB, $cd_threads threads, $cd_fds fds"
 
 # --- stop ----------------------------------------------------------------------------------

@@ -32,9 +32,10 @@ measure() {  # layout: "separate" or "pod"
   local pids=() shims
   for i in "${ids[@]}"; do pids+=("$($ctr tasks ls | awk -v id="$i" '$1 == id {print $2}')"); done
   shims=$(for i in "${ids[@]}"; do pgrep -f "containerd-shim-wasmedge-v1-(daemon|fork-server) .*-id $i " || true; done | sort -u)
-  # The node fork server (shared by every pod on the node) is counted whole, here.
+  # The node fork server and its standby daemon (shared by every pod on the node) are counted
+  # whole, here.
   local node
-  node=$(pgrep -f "containerd-shim-wasmedge-v1-daemon node-server" || true)
+  node=$(pgrep -f "containerd-shim-wasmedge-v1-(daemon|fork-server) (node-server|standby) " || true)
   local c s ns
   c=$(pss_kb "${pids[@]}")
   s=$(pss_kb $shims)
