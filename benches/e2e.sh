@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end cold start through the private containerd, all runtimes in one hyperfine run:
+# End-to-end cold start through the private containerd, all runtimes in one run (interleaved):
 # `ctr run --rm` of a hello program with our shim, runc native, crun native and
 # crun+WasmEdge, each once from an image (containerd prepares a snapshot and mounts it) and
 # once from a plain rootfs directory (`--rootfs`, no snapshot). Writes target/bench/e2e.json;
@@ -40,12 +40,43 @@ check runc-image $ctr run --rm --runtime io.containerd.runc.v2 $native_img bench
 check crun-image $ctr run --rm --runtime io.containerd.runc.v2 --runc-binary "$wrap" $native_img bench-check-7
 check crun-wasmedge-image $ctr run --rm --runtime io.containerd.runc.v2 --runc-binary "$wrap" --annotation module.wasm.image/variant=compat $wasm_linux_img bench-check-8
 
-hyperfine --runs "$runs" --warmup 3 --export-json "$out/e2e.json" --style basic \
-  -n ours-image "$ctr run --rm --runtime io.containerd.wasmedge.v1 --platform wasi/wasm docker.io/wshim-test/hello:latest bench-a" \
-  -n ours-rootfs "$ctr run --rm --runtime io.containerd.wasmedge.v1 --rootfs $b/native/rootfs-wasm bench-b /hello.wasm" \
-  -n runc-native "$ctr run --rm --runtime io.containerd.runc.v2 --rootfs $b/native/rootfs bench-c /hello" \
-  -n crun-native "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --rootfs $b/native/rootfs bench-d /hello" \
-  -n crun-wasmedge "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --annotation module.wasm.image/variant=compat --rootfs $b/native/rootfs-wasm bench-e /hello.wasm" \
-  -n runc-image "$ctr run --rm --runtime io.containerd.runc.v2 $native_img bench-f" \
-  -n crun-image "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap $native_img bench-g" \
-  -n crun-wasmedge-image "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --annotation module.wasm.image/variant=compat $wasm_linux_img bench-h"
+# The machine is shared and its load drifts over minutes: a command timed in one block of 30
+# runs and another in a later block would compare two different machines. So the runs are
+# interleaved: $rounds rounds, each timing every command $per_round times (hyperfine runs one
+# command's runs back to back), the order rotated each round; the times are then merged.
+rounds=${ROUNDS:-6}
+per_round=$(( (runs + rounds - 1) / rounds ))
+names=(ours-image ours-rootfs runc-native crun-native crun-wasmedge runc-image crun-image crun-wasmedge-image)
+cmds=(
+  "$ctr run --rm --runtime io.containerd.wasmedge.v1 --platform wasi/wasm docker.io/wshim-test/hello:latest bench-a"
+  "$ctr run --rm --runtime io.containerd.wasmedge.v1 --rootfs $b/native/rootfs-wasm bench-b /hello.wasm"
+  "$ctr run --rm --runtime io.containerd.runc.v2 --rootfs $b/native/rootfs bench-c /hello"
+  "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --rootfs $b/native/rootfs bench-d /hello"
+  "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --annotation module.wasm.image/variant=compat --rootfs $b/native/rootfs-wasm bench-e /hello.wasm"
+  "$ctr run --rm --runtime io.containerd.runc.v2 $native_img bench-f"
+  "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap $native_img bench-g"
+  "$ctr run --rm --runtime io.containerd.runc.v2 --runc-binary $wrap --annotation module.wasm.image/variant=compat $wasm_linux_img bench-h"
+)
+rm -f "$out"/e2e-round-*.json
+for r in $(seq 0 $((rounds - 1))); do
+  args=()
+  for k in $(seq 0 $((${#names[@]} - 1))); do
+    j=$(( (k + r) % ${#names[@]} ))
+    args+=(-n "${names[$j]}" "${cmds[$j]}")
+  done
+  echo "round $((r + 1)) of $rounds"
+  hyperfine --runs "$per_round" --warmup 1 --export-json "$out/e2e-round-$r.json" --style none "${args[@]}"
+done
+# Merge: every command's times from all rounds (JSON::PP is in perl's core).
+perl -MJSON::PP -e '
+  my (%times, @order);
+  for my $f (@ARGV) {
+    open my $fh, "<", $f or die "$f: $!"; local $/; my $d = decode_json(<$fh>);
+    for my $r (@{$d->{results}}) { push @order, $r->{command} unless $times{$r->{command}}; push @{$times{$r->{command}}}, @{$r->{times}} }
+  }
+  my @res = map { my @t = sort { $a <=> $b } @{$times{$_}}; { command => $_, times => $times{$_}, median => $t[int(@t / 2)] } } sort @order;
+  print JSON::PP->new->canonical->encode({ results => \@res, rounds => scalar @ARGV });
+' "$out"/e2e-round-*.json >"$out/e2e.json"
+for n in "${names[@]}"; do
+  perl -MJSON::PP -e 'local $/; my $d = decode_json(<STDIN>); for (@{$d->{results}}) { printf "  %-20s median %6.1f ms over %d runs\n", $_->{command}, $_->{median} * 1000, scalar @{$_->{times}} if $_->{command} eq $ARGV[0] }' "$n" <"$out/e2e.json"
+done

@@ -3,7 +3,8 @@
 
 - e2e.json (benches/e2e.sh, hyperfine): `ctr run --rm` of a hello program, as ratios, from
   images and from rootfs directories.
-  All its rows come from one hyperfine run on one machine, so only their ratios mean anything.
+  All its rows come from one run on one machine, interleaved in rounds, so only their ratios
+  mean anything.
 - shim_cold_start.json (cargo bench --bench shim): Create(+Start) → `_start` entered, p50/p99.
 - stress.json (wshim-stress): create+start+wait+delete throughput through the Task API;
   stress-pod-namespaces.json the same with the pod's network/IPC/UTS namespaces joined.
@@ -46,7 +47,8 @@ def e2e(data):
         return statistics.median(results[name]["times"])
 
     runs = len(results["ours-image"]["times"])
-    print(f"`ctr run --rm` of a hello program, {runs} runs each, one hyperfine run; ratios of medians")
+    rounds = data.get("rounds", 1)
+    print(f"`ctr run --rm` of a hello program, {runs} runs each, interleaved in {rounds} rounds of one run; ratios of medians")
     for title, rows in [("from images (containerd prepares and mounts a snapshot)", image_rows),
                         ("from a rootfs directory (`--rootfs`, no snapshot)", rootfs_rows)]:
         refs = rows[1:]

@@ -334,7 +334,12 @@ impl TaskService {
         let (child_io, pending) = open_io(&req.stdin, &req.stdout, &req.stderr, req.terminal).map_err(|source| TaskError::Io { id: id.clone(), source })?.split();
         match create_container(plan.clone(), &self.inner.zygote, &self.inner.cgroup_root, child_io) {
             Ok(c) => {
-                info!(id = id.as_str(), plan_us, hook_us, total_us = started.elapsed().as_micros() as u64; "create steps");
+                // From `setup_us`: the container setup's stages, in µs since it began (cgroup,
+                // spawn request sent, child running after clone, cgroups joined, rootfs done,
+                // payload prepared, ready).
+                let t = c.timing;
+                let setup_us = format!("{} {} {} {} {} {} {}", t.cgroup_us, t.requested_us, t.started_us, t.joined_us, t.rootfs_us, t.prepared_us, t.ready_us);
+                info!(id = id.as_str(), plan_us, hook_us, setup_us = setup_us.as_str(), total_us = started.elapsed().as_micros() as u64; "create steps");
                 let relays = pending.start(c.console.as_ref()).map_err(|source| TaskError::Io { id: id.clone(), source });
                 match relays {
                     Ok(r) => Ok((c, plan, r)),

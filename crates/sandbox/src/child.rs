@@ -32,6 +32,7 @@ pub(crate) fn container_init<P: Payload>(plan: Plan, sync: OwnedFd, stdio: [Owne
 }
 
 fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &P) -> Result<i32, SetupError> {
+    let mut clock = crate::SetupClock { started: crate::monotonic_ns(), ..Default::default() };
     // Until execve replaces it, this process is the shim's binary: non-dumpable, no other
     // process may open /proc/PID/exe (or mem) and reach that binary (CVE-2019-5736). A
     // wasm process stays so for its life; execve of a native program resets it.
@@ -55,6 +56,7 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
     for f in &plan.cgroup_procs {
         std::fs::write(f, "0").ctx(Step::JoinCgroup, f.display())?;
     }
+    clock.joined = crate::monotonic_ns();
 
     // The payload's host file (in the cache of the shim's mount namespace): before a joined
     // mount namespace or pivot_root can hide it. Opened, not failed on: prepare decides what
@@ -126,6 +128,7 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
         }
         // Only now: /proc/sys is usually one of the read-only paths.
         mounts::protect_paths(plan)?;
+        clock.rootfs = crate::monotonic_ns();
     }
     // The pty comes from the container's own devpts (mounted above), so the process sees its
     // terminal under its /dev/pts; setsid above lets it become the controlling terminal.
@@ -147,6 +150,7 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
     // Load the module while still root in the container: its file may be unreadable to the
     // process's user, like an executable that is exec-only.
     let prepared = if plan.is_native() { None } else { Some(payload.prepare(plan, payload_file).map_err(|e| SetupError::new(Step::Prepare, e))?) };
+    clock.prepared = crate::monotonic_ns();
 
     // Without no_new_privs, loading a filter takes CAP_SYS_ADMIN: load it before the caps
     // go (the filter then also sees the setuid and capset calls, which profiles allow).
@@ -167,7 +171,8 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
     // Nothing the fork server or the shim had open may reach the container (CVE-2024-21626).
     close_fds_except(sync.as_raw_fd())?;
 
-    send(sync.as_fd(), &ChildMsg::Ready, &[]).ctx(Step::Prepare, "report ready")?;
+    clock.ready = crate::monotonic_ns();
+    send(sync.as_fd(), &ChildMsg::Ready(clock), &[]).ctx(Step::Prepare, "report ready")?;
     match recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()) {
         Ok(Some((ParentMsg::Start, _))) => {}
         // The shim went away, or deleted us before Start.

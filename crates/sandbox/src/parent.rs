@@ -37,6 +37,37 @@ pub struct Container {
     pub console: Option<OwnedFd>,
     /// The process was cloned straight into the cgroup's v2 directory (CLONE_INTO_CGROUP).
     pub into_cgroup: bool,
+    /// Where the setup's time went, for the log.
+    pub timing: SetupTiming,
+}
+
+/// µs from the start of [`create_container`] (or [`create_exec`]) until each stage ended:
+/// the cgroup made, the spawn request sent to the fork server, then the child's stages
+/// ([`crate::SetupClock`]). Zero for a stage that did not happen.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetupTiming {
+    pub cgroup_us: u64,
+    pub requested_us: u64,
+    pub started_us: u64,
+    pub joined_us: u64,
+    pub rootfs_us: u64,
+    pub prepared_us: u64,
+    pub ready_us: u64,
+}
+
+impl SetupTiming {
+    fn new(t0: u64, cgroup: u64, requested: u64, child: crate::SetupClock) -> SetupTiming {
+        let us = |t: u64| if t == 0 { 0 } else { t.saturating_sub(t0) / 1000 };
+        SetupTiming {
+            cgroup_us: us(cgroup),
+            requested_us: us(requested),
+            started_us: us(child.started),
+            joined_us: us(child.joined),
+            rootfs_us: us(child.rootfs),
+            prepared_us: us(child.prepared),
+            ready_us: us(child.ready),
+        }
+    }
 }
 
 /// Creates the container described by `plan`: its cgroup under `cgroup_root`, then its
@@ -46,21 +77,23 @@ pub struct Container {
 pub fn create_container(mut plan: Plan, zygote: &Zygote, cgroup_root: &Path, stdio: [OwnedFd; 3]) -> Result<Container, (CreateError, Option<Cgroup>)> {
     // The cgroup exists, with its limits, before the process: the child joins it as its
     // first step, so nothing it does runs unaccounted.
+    let t0 = crate::monotonic_ns();
     let cgroup = Cgroup::create(cgroup_root, &plan.cgroups_path, plan.resources.as_ref()).map_err(|e| (e.into(), None))?;
     plan.cgroup_mount_sources = cgroup.dirs.clone();
-    spawn(plan, zygote, stdio, cgroup.clone()).map_err(|e| (e, Some(cgroup)))
+    spawn(plan, zygote, stdio, cgroup.clone(), t0).map_err(|e| (e, Some(cgroup)))
 }
 
 /// Creates an extra process in the running container `container` (an exec): `plan` comes
 /// from [`Plan::for_exec`]. It joins the container's namespaces and cgroup, and waits for
 /// [`Container::start`] like the container's own process.
 pub fn create_exec(plan: Plan, zygote: &Zygote, container: &Container, stdio: [OwnedFd; 3]) -> Result<Container, CreateError> {
-    spawn(plan, zygote, stdio, container.cgroup.clone())
+    spawn(plan, zygote, stdio, container.cgroup.clone(), crate::monotonic_ns())
 }
 
 /// The process for `plan`, in `cgroup`: the files it joins and the v2 directory it may be
 /// cloned into both come from that one cgroup here.
-fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup) -> Result<Container, CreateError> {
+fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t0: u64) -> Result<Container, CreateError> {
+    let t_cgroup = crate::monotonic_ns();
     plan.cgroup_procs = cgroup.join_files();
     let plan = &plan;
     let (ours, theirs) = sync::pair().map_err(ZygoteError::Io)?;
@@ -74,6 +107,7 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup) -
     });
     // Not opening it is no error: the process then joins by cgroup.procs, which reports it.
     let into_cgroup = into_cgroup.and_then(Result::ok);
+    let t_requested = crate::monotonic_ns();
     let (pid, placed) = zygote.spawn(plan, theirs, stdio, into_cgroup)?;
     // In a user namespace the child waits for us to map its ids and set its limits (userns.rs).
     if plan.in_userns() {
@@ -88,7 +122,10 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup) -
     let mut console = None;
     let err = loop {
         match recv::<ChildMsg>(ours.as_fd(), MsgFlags::empty()) {
-            Ok(Some((ChildMsg::Ready, _))) => return Ok(Container { pid, cgroup, sync: ours, console, into_cgroup: placed }),
+            Ok(Some((ChildMsg::Ready(clock), _))) => {
+                let timing = SetupTiming::new(t0, t_cgroup, t_requested, clock);
+                return Ok(Container { pid, cgroup, sync: ours, console, into_cgroup: placed, timing });
+            }
             Ok(Some((ChildMsg::Console, mut fds))) if fds.len() == 1 && console.is_none() => console = fds.pop(),
             Ok(Some((ChildMsg::Failed(e), _))) => break CreateError::Setup(e),
             Ok(Some((other, _))) => break CreateError::Sync { pid, source: std::io::Error::other(format!("unexpected {other:?}")) },

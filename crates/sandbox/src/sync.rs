@@ -17,8 +17,9 @@ pub(crate) enum ChildMsg {
     /// `process.terminal`: the pty master, passed with this message (SCM_RIGHTS). Sent
     /// before Ready.
     Console,
-    /// Setup is done and the process is prepared; waiting for Start.
-    Ready,
+    /// Setup is done and the process is prepared; waiting for Start. With when (CLOCK_MONOTONIC,
+    /// ns) each stage of the setup ended, for the shim's log.
+    Ready(crate::SetupClock),
     /// Setup failed; the child exits.
     Failed(SetupError),
     /// A non-exec payload began running (a native exec reports by closing the socket).
