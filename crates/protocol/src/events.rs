@@ -28,14 +28,12 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    /// Starts the publishing thread. `address` is containerd's ttrpc address, `namespace` the
-    /// containerd namespace of the tasks. The thread connects at once, for the first Create's
-    /// event, but the daemon does not wait for that (0.2-0.7 ms of a new pod's `start`); the
-    /// connection is closed like any after [`EVENTS_LINGER`]. A failed connect is reported
-    /// with the first event it could not publish.
-    pub(crate) fn start(address: String, namespace: String) -> std::io::Result<Events> {
+    /// Starts the publishing thread. `publisher` is the connection the daemon opened at start
+    /// (closed like any after [`EVENTS_LINGER`]); `address` is containerd's ttrpc address,
+    /// to connect to for later events; `namespace` the containerd namespace of the tasks.
+    pub(crate) fn start(publisher: RemotePublisher, address: String, namespace: String) -> std::io::Result<Events> {
         let (tx, rx) = channel();
-        std::thread::Builder::new().name("events".into()).spawn(move || forward(rx, RemotePublisher::new(&address).ok(), &address, &namespace))?;
+        std::thread::Builder::new().name("events".into()).spawn(move || forward(rx, Some(publisher), &address, &namespace))?;
         Ok(Events { tx })
     }
 
