@@ -310,7 +310,24 @@ impl Drop for Workspace {
 /// A client connection to one shim daemon.
 pub struct Shim {
     address: String,
-    client: TaskClient,
+    /// Never dropped while the process runs (see `Drop for Shim`).
+    client: Option<TaskClient>,
+}
+
+/// Connections of dropped [`Shim`]s, kept open until the process exits. ttrpc 0.9's sync
+/// client closes its socket on drop while its receiver thread may still be about to read
+/// from that descriptor number; the next connection, which gets the same number, then has
+/// its response read and discarded by the old thread, and its call times out. The stress
+/// tool and the benches open and drop a connection per pod back to back, which hit this
+/// (a Create or Wait "Receive packet from Receiver timeout" about once in a few hundred pods).
+static RETIRED: std::sync::Mutex<Vec<TaskClient>> = std::sync::Mutex::new(Vec::new());
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            RETIRED.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        }
+    }
 }
 
 fn ctx() -> ttrpc::context::Context {
@@ -321,52 +338,56 @@ impl Shim {
     /// Connects to the daemon at `address` (`unix:///…`); every client thread needs its own.
     pub fn connect(address: &str) -> Result<Shim> {
         let client = ttrpc::Client::connect(address).map_err(|source| ShimError::Call { call: "connect", id: address.into(), source })?;
-        Ok(Shim { address: address.into(), client: TaskClient::new(client) })
+        Ok(Shim { address: address.into(), client: Some(TaskClient::new(client)) })
     }
 
     pub fn address(&self) -> &str {
         &self.address
     }
 
+    fn client(&self) -> &TaskClient {
+        self.client.as_ref().expect("a Shim's client is only taken when it is dropped")
+    }
+
     /// The daemon's pid (the Task API's Connect).
     pub fn daemon_pid(&self) -> Result<u32> {
-        let r = self.client.connect(ctx(), &ConnectRequest::default()).map_err(|source| ShimError::Call { call: "Connect", id: String::new(), source })?;
+        let r = self.client().connect(ctx(), &ConnectRequest::default()).map_err(|source| ShimError::Call { call: "Connect", id: String::new(), source })?;
         Ok(r.shim_pid)
     }
 
     /// Create; `stdout` empty is /dev/null, else a FIFO or file path. Returns the pid.
     pub fn create(&self, id: &str, bundle: &Path, stdout: &str) -> Result<u32> {
         let req = CreateTaskRequest { id: id.into(), bundle: bundle.display().to_string(), stdout: stdout.into(), ..Default::default() };
-        let r = self.client.create(ctx(), &req).map_err(|source| ShimError::Call { call: "Create", id: id.into(), source })?;
+        let r = self.client().create(ctx(), &req).map_err(|source| ShimError::Call { call: "Create", id: id.into(), source })?;
         Ok(r.pid)
     }
 
     pub fn start(&self, id: &str) -> Result<u32> {
-        let r = self.client.start(ctx(), &StartRequest { id: id.into(), ..Default::default() }).map_err(|source| ShimError::Call { call: "Start", id: id.into(), source })?;
+        let r = self.client().start(ctx(), &StartRequest { id: id.into(), ..Default::default() }).map_err(|source| ShimError::Call { call: "Start", id: id.into(), source })?;
         Ok(r.pid)
     }
 
     /// Waits for the task's exit; returns its exit status.
     pub fn wait(&self, id: &str) -> Result<u32> {
-        let r = self.client.wait(ctx(), &WaitRequest { id: id.into(), ..Default::default() }).map_err(|source| ShimError::Call { call: "Wait", id: id.into(), source })?;
+        let r = self.client().wait(ctx(), &WaitRequest { id: id.into(), ..Default::default() }).map_err(|source| ShimError::Call { call: "Wait", id: id.into(), source })?;
         Ok(r.exit_status)
     }
 
     pub fn kill(&self, id: &str, signal: u32) -> Result<()> {
         let req = KillRequest { id: id.into(), signal, all: true, ..Default::default() };
-        self.client.kill(ctx(), &req).map_err(|source| ShimError::Call { call: "Kill", id: id.into(), source })?;
+        self.client().kill(ctx(), &req).map_err(|source| ShimError::Call { call: "Kill", id: id.into(), source })?;
         Ok(())
     }
 
     /// Delete; returns the exit status.
     pub fn delete(&self, id: &str) -> Result<u32> {
-        let r = self.client.delete(ctx(), &DeleteRequest { id: id.into(), ..Default::default() }).map_err(|source| ShimError::Call { call: "Delete", id: id.into(), source })?;
+        let r = self.client().delete(ctx(), &DeleteRequest { id: id.into(), ..Default::default() }).map_err(|source| ShimError::Call { call: "Delete", id: id.into(), source })?;
         Ok(r.exit_status)
     }
 
     /// Shutdown: the daemon exits if it serves no task any more.
     pub fn shutdown(&self) -> Result<()> {
-        self.client.shutdown(ctx(), &ShutdownRequest::default()).map_err(|source| ShimError::Call { call: "Shutdown", id: String::new(), source })?;
+        self.client().shutdown(ctx(), &ShutdownRequest::default()).map_err(|source| ShimError::Call { call: "Shutdown", id: String::new(), source })?;
         Ok(())
     }
 

@@ -91,15 +91,16 @@ fn serve(args: &[String], prepared: Prepared) -> Result<(), String> {
     }
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
     let Prepared { signals, zygote } = prepared;
-    // Named after this shim in `ps` (a standby forked it before it knew).
+    // Named after this shim in `ps`, and at its priority (a standby forked it before it knew
+    // either: at the lowest priority).
     zygote.rename(args).map_err(|e| format!("fork server: {e}"))?;
+    wshim_sandbox::set_priority(zygote.pid, wshim_sandbox::priority());
     let zygote = Arc::new(zygote);
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).map_err(|e| format!("log: {e}"))?;
     let exit = Arc::new(ExitSignal::default());
-    // Connected here, before the ttrpc server starts. Connecting from the events thread
-    // instead, while the server started, saved a new pod 0.2-0.7 ms but left about one daemon
-    // in a few hundred not answering a Start or a Wait (the new_pod bench found it; the cause
-    // in the ttrpc client/server start-up was not pinned down).
+    // Connected here, before the ttrpc server starts. (Connecting on the events thread would
+    // take 0.2-0.7 ms off a new pod's `start`; tried, and set aside while the bench hangs
+    // described at `RETIRED` in benches/src/shim.rs were being found. Not tried again.)
     let publisher = RemotePublisher::new(&ttrpc_address).map_err(|e| format!("events {ttrpc_address}: {e}"))?;
     let service = TaskService::new(zygote, publisher, flags.namespace.clone(), exit.clone());
 

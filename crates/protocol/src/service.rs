@@ -335,11 +335,11 @@ impl TaskService {
         let (child_io, pending) = open_io(&req.stdin, &req.stdout, &req.stderr, req.terminal).map_err(|source| TaskError::Io { id: id.clone(), source })?.split();
         match create_container(plan.clone(), &self.inner.zygote, &self.inner.cgroup_root, child_io) {
             Ok(c) => {
-                // From `setup_us`: the container setup's stages, in µs since it began (cgroup,
-                // spawn request sent, child running after clone, cgroups joined, rootfs done,
-                // payload prepared, ready).
+                // `setup_us`: the container setup's stages, in µs since it began: cgroup made,
+                // spawn request sent, read by the fork server, clone returned there, child
+                // running, cgroups joined, rootfs done, payload prepared, ready.
                 let t = c.timing;
-                let setup_us = format!("{} {} {} {} {} {} {}", t.cgroup_us, t.requested_us, t.started_us, t.joined_us, t.rootfs_us, t.prepared_us, t.ready_us);
+                let setup_us = [t.cgroup_us, t.requested_us, t.received_us, t.cloned_us, t.started_us, t.joined_us, t.rootfs_us, t.prepared_us, t.ready_us].map(|v| v.to_string()).join(" ");
                 info!(id = id.as_str(), plan_us, hook_us, setup_us = setup_us.as_str(), total_us = started.elapsed().as_micros() as u64; "create steps");
                 let relays = pending.start(c.console.as_ref()).map_err(|source| TaskError::Io { id: id.clone(), source });
                 match relays {

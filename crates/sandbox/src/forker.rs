@@ -131,8 +131,10 @@ pub fn serve_forks<S>(listener: OwnedFd, standby_args: &[String], prepare: impl 
     // SAFETY: SIG_IGN installs no handler code.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
     let mut standby: Option<Standby> = None;
+    let off = std::env::var("WSHIM_STANDBY").is_ok_and(|v| v == "off"); // TMPAB
+    let idle: u16 = std::env::var("WSHIM_STANDBY_IDLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(STANDBY_IDLE_MS); // TMPAB
     loop {
-        if standby.is_none() && !readable(listener.as_fd(), STANDBY_IDLE_MS) {
+        if !off && standby.is_none() && !readable(listener.as_fd(), idle) {
             standby = fork_standby(&listener, standby_args, &prepare, &run);
             continue;
         }
@@ -226,6 +228,12 @@ fn standby_child<S>(sock: OwnedFd, name: &[String], prepare: &impl Fn() -> S, ru
         return 1;
     }
     let _ = crate::child::set_cmdline(name);
+    // Preparing ahead is never urgent, and it often overlaps the Create of the pod that took
+    // the last standby: at the lowest priority it does not slow that down. Restored below, so
+    // the process asked for runs at the server's priority (whoever it forked in `prepare`
+    // must be given it again too).
+    let nice = priority();
+    set_priority(0, 19);
     let prepared = prepare();
     let (req, stdout) = match recv::<ForkRequest>(sock.as_fd(), MsgFlags::empty()) {
         Ok(Some((req, mut fds))) if fds.len() == 1 => (req, fds.pop().expect("one descriptor")),
@@ -233,10 +241,26 @@ fn standby_child<S>(sock: OwnedFd, name: &[String], prepare: &impl Fn() -> S, ru
         _ => return 0,
     };
     drop(sock);
+    set_priority(0, nice);
     match take_request(&req, stdout) {
         Ok(()) => run(prepared, req),
         Err(()) => 1,
     }
+}
+
+/// This process's nice value.
+pub fn priority() -> i32 {
+    // SAFETY: getpriority takes integers; errno is cleared first, as -1 is a valid result.
+    unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    }
+}
+
+/// Sets the nice value of process `pid` (0: this one); best effort.
+pub fn set_priority(pid: i32, nice: i32) {
+    // SAFETY: setpriority takes integers only.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice) };
 }
 
 /// A fresh fork becomes the process `req` asks for: its own session, stdin and stderr on

@@ -25,13 +25,13 @@ mod zygote;
 
 pub use cgroup::{Cgroup, CgroupError, CgroupMode, OomWatch};
 pub use error::{SetupError, Step};
-pub use forker::{bind_server, request_fork, serve_forks, ForkError, ForkRequest};
+pub use forker::{bind_server, priority, request_fork, serve_forks, set_priority, ForkError, ForkRequest};
 pub use mounts::{mount_rootfs, unmount_rootfs, RootfsMount};
 pub use parent::{create_container, create_exec, Container, CreateError, SetupTiming};
 pub use plan::{CapPlan, DevicePlan, MountPlan};
 pub use plan::{cgroups_path, check_resources, Plan, PlanError, Stdio};
 pub use userns::IdMap;
-pub use zygote::{Zygote, ZygoteError};
+pub use zygote::{Spawned, Zygote, ZygoteError};
 
 /// When (CLOCK_MONOTONIC, in ns, one clock for every process) the stages of a container
 /// process's setup ended: it started running after clone, joined its cgroups, has its root

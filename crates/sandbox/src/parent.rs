@@ -42,12 +42,15 @@ pub struct Container {
 }
 
 /// µs from the start of [`create_container`] (or [`create_exec`]) until each stage ended:
-/// the cgroup made, the spawn request sent to the fork server, then the child's stages
-/// ([`crate::SetupClock`]). Zero for a stage that did not happen.
+/// the cgroup made, the spawn request sent to the fork server, read there, clone returned
+/// there, then the child's stages ([`crate::SetupClock`]). Zero for a stage that did not
+/// happen.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetupTiming {
     pub cgroup_us: u64,
     pub requested_us: u64,
+    pub received_us: u64,
+    pub cloned_us: u64,
     pub started_us: u64,
     pub joined_us: u64,
     pub rootfs_us: u64,
@@ -56,11 +59,13 @@ pub struct SetupTiming {
 }
 
 impl SetupTiming {
-    fn new(t0: u64, cgroup: u64, requested: u64, child: crate::SetupClock) -> SetupTiming {
+    fn new(t0: u64, [cgroup, requested, received, cloned]: [u64; 4], child: crate::SetupClock) -> SetupTiming {
         let us = |t: u64| if t == 0 { 0 } else { t.saturating_sub(t0) / 1000 };
         SetupTiming {
             cgroup_us: us(cgroup),
             requested_us: us(requested),
+            received_us: us(received),
+            cloned_us: us(cloned),
             started_us: us(child.started),
             joined_us: us(child.joined),
             rootfs_us: us(child.rootfs),
@@ -108,7 +113,7 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
     // Not opening it is no error: the process then joins by cgroup.procs, which reports it.
     let into_cgroup = into_cgroup.and_then(Result::ok);
     let t_requested = crate::monotonic_ns();
-    let (pid, placed) = zygote.spawn(plan, theirs, stdio, into_cgroup)?;
+    let crate::zygote::Spawned { pid, placed, received, cloned } = zygote.spawn(plan, theirs, stdio, into_cgroup)?;
     // In a user namespace the child waits for us to map its ids and set its limits (userns.rs).
     if plan.in_userns() {
         if let Err(e) = crate::userns::set_up_from_parent(pid, plan, ours.as_fd()) {
@@ -123,7 +128,7 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
     let err = loop {
         match recv::<ChildMsg>(ours.as_fd(), MsgFlags::empty()) {
             Ok(Some((ChildMsg::Ready(clock), _))) => {
-                let timing = SetupTiming::new(t0, t_cgroup, t_requested, clock);
+                let timing = SetupTiming::new(t0, [t_cgroup, t_requested, received, cloned], clock);
                 return Ok(Container { pid, cgroup, sync: ours, console, into_cgroup: placed, timing });
             }
             Ok(Some((ChildMsg::Console, mut fds))) if fds.len() == 1 && console.is_none() => console = fds.pop(),

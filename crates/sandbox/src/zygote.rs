@@ -43,9 +43,20 @@ enum ZygoteMsg {
 
 #[derive(Serialize, Deserialize)]
 enum SpawnReply {
-    /// The process, and whether it was cloned into the cgroup.
-    Pid(i32, bool),
+    /// The process, whether it was cloned into the cgroup, and when (CLOCK_MONOTONIC, ns)
+    /// this server had read the request and clone returned, for the shim's log.
+    Pid(i32, bool, u64, u64),
     Error(String),
+}
+
+/// A process the fork server cloned.
+pub struct Spawned {
+    pub pid: i32,
+    /// It started in the cgroup v2 directory it was asked for (CLONE_INTO_CGROUP).
+    pub placed: bool,
+    /// When (CLOCK_MONOTONIC, ns) the server had read the request, and clone returned there.
+    pub received: u64,
+    pub cloned: u64,
 }
 
 /// The shim's handle on its fork server.
@@ -86,7 +97,7 @@ impl Zygote {
     /// the shim's socketpair with it, `stdio` the process's fds 0, 1 and 2, `into_cgroup` a
     /// cgroup v2 directory (and its cgroup.procs) to start it in, if the kernel can. Returns
     /// the new process's pid, a child of this process, and whether it started in that cgroup.
-    pub fn spawn(&self, plan: &Plan, sync: OwnedFd, stdio: [OwnedFd; 3], into_cgroup: Option<(OwnedFd, std::path::PathBuf)>) -> Result<(i32, bool), ZygoteError> {
+    pub fn spawn(&self, plan: &Plan, sync: OwnedFd, stdio: [OwnedFd; 3], into_cgroup: Option<(OwnedFd, std::path::PathBuf)>) -> Result<Spawned, ZygoteError> {
         let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
         let mut fds = vec![sync.as_raw_fd(), stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
         fds.extend(into_cgroup.as_ref().map(|(fd, _)| fd.as_raw_fd()));
@@ -97,7 +108,7 @@ impl Zygote {
         drop(stdio);
         drop(into_cgroup);
         match recv::<SpawnReply>(sock.as_fd(), MsgFlags::empty())? {
-            Some((SpawnReply::Pid(pid, placed), _)) => Ok((pid, placed)),
+            Some((SpawnReply::Pid(pid, placed, received, cloned), _)) => Ok(Spawned { pid, placed, received, cloned }),
             Some((SpawnReply::Error(e), _)) => Err(ZygoteError::Clone(e)),
             None => Err(ZygoteError::Gone),
         }
@@ -154,6 +165,7 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
             // The shim closed its end or is gone: nothing more to serve.
             Ok(None) | Err(_) => unsafe_exit(0),
         };
+        let received = crate::monotonic_ns();
         // [sync, stdin, stdout, stderr, cgroup?], in the order `spawn` sent them.
         let cgroup_dir = if req.into_cgroup.is_some() && fds.len() == 5 { fds.pop() } else { None };
         let Ok([child_sync, stdin, stdout, stderr]) = <[OwnedFd; 4]>::try_from(fds) else {
@@ -193,6 +205,7 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
                 }
             }
         };
+        let cloned = crate::monotonic_ns();
         if pid == 0 {
             drop(sock);
             drop(cgroup_dir);
@@ -213,7 +226,7 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
                 unsafe_exit(1);
             }
         }
-        let reply = if pid < 0 { SpawnReply::Error(std::io::Error::last_os_error().to_string()) } else { SpawnReply::Pid(pid as i32, placed) };
+        let reply = if pid < 0 { SpawnReply::Error(std::io::Error::last_os_error().to_string()) } else { SpawnReply::Pid(pid as i32, placed, received, cloned) };
         if send(sock.as_fd(), &reply, &[]).is_err() {
             unsafe_exit(0);
         }
