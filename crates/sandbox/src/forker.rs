@@ -107,7 +107,10 @@ fn stale() -> bool {
 /// the daemon just handed a request to be listening (about 1-2 ms), so the fork does not
 /// compete with it, short enough to be ready for the next pod. Measured here, new pod
 /// `start` (request to daemon listening, p50): 4.3 ms without a standby, 3.1 ms refilling
-/// at once, 2.2 ms after 5 ms idle. Requests that come faster are served by forks.
+/// at once, 2.2 ms after 5 ms idle. Pods started back to back (wshim-stress, one at a time,
+/// one every 15 ms): `start` 1.4-1.8 ms faster, but the refill then overlaps the Create that
+/// follows (0.7-1.5 ms slower, hence the standby's low priority while it prepares). Requests
+/// that come faster than 5 ms apart are served by forks.
 const STANDBY_IDLE_MS: u16 = 5;
 
 /// A child forked ahead of the next request: it has run `prepare` and waits on `sock` for
@@ -131,10 +134,8 @@ pub fn serve_forks<S>(listener: OwnedFd, standby_args: &[String], prepare: impl 
     // SAFETY: SIG_IGN installs no handler code.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
     let mut standby: Option<Standby> = None;
-    let off = std::env::var("WSHIM_STANDBY").is_ok_and(|v| v == "off"); // TMPAB
-    let idle: u16 = std::env::var("WSHIM_STANDBY_IDLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(STANDBY_IDLE_MS); // TMPAB
     loop {
-        if !off && standby.is_none() && !readable(listener.as_fd(), idle) {
+        if standby.is_none() && !readable(listener.as_fd(), STANDBY_IDLE_MS) {
             standby = fork_standby(&listener, standby_args, &prepare, &run);
             continue;
         }
