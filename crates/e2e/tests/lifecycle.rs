@@ -163,3 +163,46 @@ fn the_process_is_cloned_into_its_cgroup() {
     }
     assert!(cgroups.lines().any(|l| l.starts_with("0::")), "no cgroup v2 line in\n{cgroups}");
 }
+
+/// A pod's fork server keeps a module it cloned two containers in a row for loaded, so the
+/// next container of that module skips loading it; containers of another module, or of the
+/// same module with another `#func`, must still get their own.
+#[test]
+fn a_pods_fork_server_preloads_only_for_the_same_module_and_function() {
+    let sandbox = "e2e-preload-sandbox";
+    let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=e2e-preload-sandbox"];
+    assert_eq!(run_detached(&["--platform", "wasi/wasm", &image("sleep")], sandbox, &pod, &[]).code, 0);
+    wait_status(sandbox, "RUNNING", 10);
+    let hello = "Hello from WebAssembly on wasmedge-shim!\n";
+    let runs: [(&str, &str, &[&str], &str); 8] = [
+        ("func", "e2e-preload-1", &["/func.wasm#foo"], "foo called\n"),
+        ("func", "e2e-preload-2", &["/func.wasm#foo"], "foo called\n"),
+        // Preloaded now: #foo again gets it, the same module with another function does not.
+        ("func", "e2e-preload-3", &["/func.wasm#foo"], "foo called\n"),
+        ("func", "e2e-preload-4", &[], "start\n"),
+        ("hello", "e2e-preload-5", &[], hello),
+        ("hello", "e2e-preload-6", &[], hello),
+        // hello preloaded: another module does not get it.
+        ("func", "e2e-preload-7", &["/func.wasm#foo"], "foo called\n"),
+        ("hello", "e2e-preload-8", &[], hello),
+    ];
+    for (img, id, args, out) in runs {
+        let r = run_wasm(img, id, &pod, args);
+        assert_eq!((r.code, r.stdout.as_str()), (0, out), "{id}: {r:?}");
+    }
+    // Loading modules in the fork server must leave it single-threaded (it forks).
+    let daemon = daemon_pids(sandbox)[0];
+    let fork_server = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            status.lines().any(|l| l == format!("PPid:\t{daemon}")) && String::from_utf8_lossy(&cmd).split('\0').next().is_some_and(|a0| a0.ends_with("-fork-server"))
+        })
+        .expect("the pod's fork server");
+    let status = std::fs::read_to_string(format!("/proc/{fork_server}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "Threads:\t1"), "fork server {fork_server}: {status}");
+    kill_and_remove(sandbox);
+}

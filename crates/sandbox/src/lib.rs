@@ -62,4 +62,8 @@ pub trait Payload {
     /// message for the shim's log. Called after Start, with the user, capabilities and
     /// no_new_privs already applied.
     fn run(&self, prepared: Self::Prepared, plan: &Plan) -> (i32, Option<String>);
+    /// Called in the fork server after it cloned the process for `plan` (so not on that
+    /// process's path): work done here is inherited by the processes it clones later, whose
+    /// `prepare` may then skip it. The fork server is single-threaded and must stay so.
+    fn preload(&self, _plan: &Plan) {}
 }

@@ -230,6 +230,10 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
         if send(sock.as_fd(), &reply, &[]).is_err() {
             unsafe_exit(0);
         }
+        // While the process sets itself up: whatever the next ones can inherit.
+        if pid > 0 {
+            payload.preload(&req.plan);
+        }
     }
 }
 

@@ -20,7 +20,7 @@ fn main() {
 
 /// What the daemon does before it knows its pod (a standby does it ahead of the request).
 fn prepare() -> Result<wshim_protocol::Prepared, String> {
-    wshim_protocol::prepare_daemon(|| wshim_sandbox::Zygote::fork(wshim_engine::WasmEdgePayload))
+    wshim_protocol::prepare_daemon(|| wshim_sandbox::Zygote::fork(wshim_engine::WasmEdgePayload::default()))
 }
 
 /// The daemon proper, from its arguments (its own, or a fork request's).
