@@ -64,7 +64,13 @@ fn probe(runtime: &str, id: &str, sections: &[&str], edit: &dyn Fn(&mut Value)) 
 /// The same spec under runc and under us: the reports must be equal. Returns ours.
 fn compare(name: &str, sections: &[&str], edit: &dyn Fn(&mut Value)) -> Vec<String> {
     let ours = probe(RUNTIME, &format!("e2e-f-{name}"), sections, edit);
-    let runc = probe(RUNC, &format!("e2e-f-{name}-runc"), sections, edit);
+    let mut runc = probe(RUNC, &format!("e2e-f-{name}-runc"), sections, edit);
+    // Under runc, `ctr run --rm` now and then loses the end of a short-lived container's
+    // output (seen once in a few hundred runs: the last two lines missing). The reference run
+    // is repeated once before a difference counts; ours never is.
+    if ours != runc && runc.len() < ours.len() && ours.starts_with(&runc) {
+        runc = probe(RUNC, &format!("e2e-f-{name}-runc"), sections, edit);
+    }
     if ours != runc {
         let diff: Vec<String> = ours
             .iter()
