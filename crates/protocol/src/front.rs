@@ -185,9 +185,10 @@ pub(crate) fn delete_shim() -> containerd_shim::Result<DeleteResponse> {
     let id = bundle.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     // containerd runs this after every shim exit, asynchronously. By then a new container
     // with the same id may own this bundle path, served by a live shim: leave it alone.
-    let served = std::fs::read_to_string(bundle.join("address"))
-        .is_ok_and(|a| std::os::unix::net::UnixStream::connect(socket_path(a.trim())).is_ok());
+    let served = std::fs::read_to_string(bundle.join("address")).is_ok_and(|a| served_by_live_shim(socket_path(a.trim())));
     if served {
+        // containerd logs what we print on stderr ("cleanup warnings").
+        eprintln!("{RUNTIME_ID}: delete {id}: a live shim serves this bundle; left alone");
         return Ok(DeleteResponse { exit_status: 128 + libc::SIGKILL as u32, exited_at: Some(Timestamp::from(SystemTime::now())).into(), ..Default::default() });
     }
     // The dead daemon's socket file (a SIGKILLed daemon cannot remove it).
@@ -199,6 +200,28 @@ pub(crate) fn delete_shim() -> containerd_shim::Result<DeleteResponse> {
         eprintln!("{RUNTIME_ID}: delete {id}: {e}");
     }
     Ok(DeleteResponse { exit_status: 128 + libc::SIGKILL as u32, exited_at: Some(Timestamp::from(SystemTime::now())).into(), ..Default::default() })
+}
+
+/// Whether a shim that is alive listens on `socket`. Connecting is not enough: a SIGKILLed
+/// daemon takes milliseconds to exit (its address space is large), and while it does, its
+/// listening socket may still take connections after containerd saw the shim's connection
+/// drop and ran `delete` (seen about once in 15 runs of lifecycle.rs under load: the
+/// container was left running). So the listener's owner (SO_PEERCRED) must not be exiting.
+fn served_by_live_shim(socket: &str) -> bool {
+    let Ok(conn) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let Ok(cred) = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) else { return false };
+    !process_exiting(cred.pid())
+}
+
+/// Whether process `pid` is gone, a zombie or on its way out (PF_EXITING).
+fn process_exiting(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    // After the command name (which may hold spaces): state is field 3, flags field 9.
+    let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let state = rest.first().copied().unwrap_or("X");
+    let flags: u64 = rest.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
 }
 
 /// Removes what a container of `bundle` may have left: its processes, cgroup and rootfs mount.
@@ -233,5 +256,34 @@ pub fn cleanup_bundle(bundle: &Path, id: &str, cgroup_root: &Path) -> Result<(),
         Ok(())
     } else {
         Err(problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_listener_serves_and_a_dead_or_exiting_one_does_not() {
+        let dir = std::env::temp_dir().join(format!("wshim-front-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(served_by_live_shim(path.to_str().unwrap()), "our own live listener");
+        drop(listener);
+        assert!(!served_by_live_shim(path.to_str().unwrap()), "no listener");
+        assert!(!process_exiting(std::process::id() as i32));
+        // A zombie: a child that exited and is not reaped yet.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit_once(')').unwrap().1.trim_start().starts_with('Z') {
+            assert!(std::time::Instant::now() < deadline, "child {pid} did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(process_exiting(pid), "a zombie is exiting");
+        child.wait().unwrap();
+        assert!(process_exiting(i32::MAX), "no such process");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
