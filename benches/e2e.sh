@@ -77,6 +77,6 @@ perl -MJSON::PP -e '
   my @res = map { my @t = sort { $a <=> $b } @{$times{$_}}; { command => $_, times => $times{$_}, median => $t[int(@t / 2)] } } sort @order;
   print JSON::PP->new->canonical->encode({ results => \@res, rounds => scalar @ARGV });
 ' "$out"/e2e-round-*.json >"$out/e2e.json"
-for n in "${names[@]}"; do
-  perl -MJSON::PP -e 'local $/; my $d = decode_json(<STDIN>); for (@{$d->{results}}) { printf "  %-20s median %6.1f ms over %d runs\n", $_->{command}, $_->{median} * 1000, scalar @{$_->{times}} if $_->{command} eq $ARGV[0] }' "$n" <"$out/e2e.json"
-done
+# Each command's median, in the order of `names`.
+perl -MJSON::PP -e 'local $/; my %r = map { $_->{command} => $_ } @{decode_json(<STDIN>)->{results}};
+  printf "  %-20s median %6.1f ms over %d runs\n", $_, $r{$_}{median} * 1000, scalar @{$r{$_}{times}} for @ARGV' "${names[@]}" <"$out/e2e.json"

@@ -152,6 +152,13 @@ struct Preloaded {
     module: Option<LoadedModule>,
 }
 
+impl Preloaded {
+    /// Whether this is the artifact at `path`, the file `file`, run at `func`.
+    fn is(&self, path: &Path, file: FileId, func: &str) -> bool {
+        self.file == file && self.path == path && self.func == func
+    }
+}
+
 /// What tells one file from another, or a cache entry from its replacement.
 #[derive(PartialEq, Eq, Clone, Copy)]
 struct FileId {
@@ -175,11 +182,9 @@ impl Payload for WasmEdgePayload {
     /// an optimisation: if it cannot be read or loaded, the plain module is loaded instead.
     fn prepare(&self, plan: &Plan, file: Option<std::io::Result<std::fs::File>>) -> Result<LoadedModule, String> {
         let Entrypoint::Wasm { module, func } = &plan.entry else { return Err(EngineError::NotWasm.to_string()) };
-        if let Some(Ok(f)) = &file {
-            let id = FileId::of(f);
+        if let (Some(Ok(f)), Some(path)) = (&file, &plan.payload_file) {
             let mut pre = self.preloaded.borrow_mut();
-            let same = |p: &Preloaded| Some(p.file) == id && plan.payload_file.as_ref() == Some(&p.path) && p.func == *func;
-            if id.is_some() && pre.as_ref().is_some_and(|p| same(p) && p.module.is_some()) {
+            if FileId::of(f).is_some_and(|id| pre.as_ref().is_some_and(|p| p.is(path, id, func) && p.module.is_some())) {
                 // This process's copy of the fork server's module: ours to consume.
                 return Ok(pre.take().and_then(|p| p.module).expect("checked"));
             }
@@ -192,11 +197,10 @@ impl Payload for WasmEdgePayload {
         let Ok(mut f) = std::fs::File::open(artifact) else { return };
         let Some(id) = FileId::of(&f) else { return };
         let mut pre = self.preloaded.borrow_mut();
-        let same = |p: &Preloaded| p.file == id && p.path == *artifact && p.func == *func;
         match pre.as_ref() {
-            Some(p) if same(p) && p.module.is_some() => return,
+            Some(p) if p.is(artifact, id, func) && p.module.is_some() => return,
             // The second time in a row: load it.
-            Some(p) if same(p) => {}
+            Some(p) if p.is(artifact, id, func) => {}
             _ => {
                 *pre = Some(Preloaded { path: artifact.clone(), file: id, func: func.clone(), module: None });
                 return;

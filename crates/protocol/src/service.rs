@@ -335,11 +335,8 @@ impl TaskService {
         let (child_io, pending) = open_io(&req.stdin, &req.stdout, &req.stderr, req.terminal).map_err(|source| TaskError::Io { id: id.clone(), source })?.split();
         match create_container(plan.clone(), &self.inner.zygote, &self.inner.cgroup_root, child_io) {
             Ok(c) => {
-                // `setup_us`: the container setup's stages, in µs since it began: cgroup made,
-                // spawn request sent, read by the fork server, clone returned there, child
-                // running, cgroups joined, rootfs done, payload prepared, ready.
-                let t = c.timing;
-                let setup_us = [t.cgroup_us, t.requested_us, t.received_us, t.cloned_us, t.started_us, t.joined_us, t.rootfs_us, t.prepared_us, t.ready_us].map(|v| v.to_string()).join(" ");
+                // `setup_us`: the container setup's stages, in µs since it began (SetupTiming).
+                let setup_us = c.timing.to_string();
                 info!(id = id.as_str(), plan_us, hook_us, setup_us = setup_us.as_str(), total_us = started.elapsed().as_micros() as u64; "create steps");
                 let relays = pending.start(c.console.as_ref()).map_err(|source| TaskError::Io { id: id.clone(), source });
                 match relays {

@@ -343,15 +343,6 @@ fn load_seccomp(plan: &Plan) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Closes every descriptor from `lo` up.
-pub(crate) fn close_fds_from(lo: u32) -> Result<(), SetupError> {
-    // SAFETY: close_range only closes descriptors; the caller uses none of them again.
-    if unsafe { libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0u32) } != 0 {
-        return Err(SetupError::new(Step::CloseFds, std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 pub(crate) fn close_fds_except(keep: i32) -> Result<(), SetupError> {
     for (lo, hi) in [(3u32, keep as u32 - 1), (keep as u32 + 1, u32::MAX)] {
         if lo > hi {

@@ -136,7 +136,7 @@ pub fn serve_forks<S>(listener: OwnedFd, standby_args: &[String], prepare: impl 
     let mut standby: Option<Standby> = None;
     loop {
         if standby.is_none() && !readable(listener.as_fd(), STANDBY_IDLE_MS) {
-            standby = fork_standby(&listener, standby_args, &prepare, &run);
+            standby = fork_standby(standby_args, &prepare, &run);
             continue;
         }
         let conn = match accept(listener.as_raw_fd()) {
@@ -197,14 +197,13 @@ fn readable(listener: std::os::fd::BorrowedFd<'_>, ms: u16) -> bool {
 }
 
 /// Forks the standby child; `None` if that failed (requests are then served by forks).
-fn fork_standby<S>(listener: &OwnedFd, name: &[String], prepare: &impl Fn() -> S, run: &impl Fn(S, ForkRequest) -> i32) -> Option<Standby> {
+fn fork_standby<S>(name: &[String], prepare: &impl Fn() -> S, run: &impl Fn(S, ForkRequest) -> i32) -> Option<Standby> {
     let (ours, theirs) = crate::sync::pair().ok()?;
     // SAFETY: this process is single-threaded, so the child may run any code.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
-            // Neither the listener nor our end: when the server goes, the standby's socket
-            // reads EOF and it exits.
-            let _ = listener;
+            // Not our end (nor, see `detach`, the listener): when the server goes, the
+            // standby's socket reads EOF and it exits.
             drop(ours);
             exit(standby_child(theirs, name, prepare, run))
         }
@@ -214,18 +213,7 @@ fn fork_standby<S>(listener: &OwnedFd, name: &[String], prepare: &impl Fn() -> S
 }
 
 fn standby_child<S>(sock: OwnedFd, name: &[String], prepare: &impl Fn() -> S, run: &impl Fn(S, ForkRequest) -> i32) -> i32 {
-    // SAFETY: restoring the default disposition installs no handler code; the daemon must
-    // see its children's exits again.
-    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
-    let _ = nix::unistd::setsid();
-    // Nothing of the server's but our socket (not its listener, not its lock file).
-    let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty()) else { return 1 };
-    for fd in 0..3 {
-        // SAFETY: dup2 onto the standard descriptors, which this process owns.
-        unsafe { libc::dup2(null.as_raw_fd(), fd) };
-    }
-    drop(null);
-    if crate::child::close_fds_except(sock.as_raw_fd()).is_err() {
+    if detach(sock.as_raw_fd()).is_err() {
         return 1;
     }
     let _ = crate::child::set_cmdline(name);
@@ -264,20 +252,26 @@ pub fn set_priority(pid: i32, nice: i32) {
     unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice) };
 }
 
-/// A fresh fork becomes the process `req` asks for: its own session, stdin and stderr on
-/// /dev/null, no descriptor of the server's, then [`take_request`].
-fn become_child(req: &ForkRequest, stdout: OwnedFd) -> Result<(), ()> {
-    // SAFETY: restoring the default disposition installs no handler code; the daemon must
-    // see its children's exits again.
+/// How every child of the server starts, standby or not: the default SIGCHLD again (a daemon
+/// must see its children's exits), a session of its own, stdio on /dev/null, and no
+/// descriptor of the server's (its listener, its lock file, its connections) but `keep`,
+/// which must not be 0, 1 or 2.
+fn detach(keep: std::os::fd::RawFd) -> Result<(), ()> {
+    // SAFETY: restoring the default disposition installs no handler code.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
     let _ = nix::unistd::setsid();
     let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty()).map_err(|_| ())?;
-    if nix::unistd::dup2_stdin(&null).is_err() || nix::unistd::dup2_stderr(&null).is_err() {
+    if nix::unistd::dup2_stdin(&null).is_err() || nix::unistd::dup2_stdout(&null).is_err() || nix::unistd::dup2_stderr(&null).is_err() {
         return Err(());
     }
     drop(null);
-    take_request(req, stdout)?;
-    crate::child::close_fds_from(3).map_err(|_| ())
+    crate::child::close_fds_except(keep).map_err(|_| ())
+}
+
+/// A fresh fork becomes the process `req` asks for: [`detach`], then [`take_request`].
+fn become_child(req: &ForkRequest, stdout: OwnedFd) -> Result<(), ()> {
+    detach(stdout.as_raw_fd())?;
+    take_request(req, stdout)
 }
 
 /// The request's part of becoming its process: `stdout` as fd 1, the request's environment,

@@ -113,9 +113,7 @@ impl Zygote {
             None => Err(ZygoteError::Gone),
         }
     }
-}
 
-impl Zygote {
     /// Names the fork server after the shim's command line `args` in `ps`.
     pub fn rename(&self, args: &[String]) -> Result<(), ZygoteError> {
         let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
