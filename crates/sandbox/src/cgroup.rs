@@ -94,6 +94,21 @@ impl Cgroup {
     /// Creates the cgroup under `root` and applies `resources`. Only directories below `root`
     /// on the path `rel` are created; ancestors that already exist are left as they are.
     pub fn create(root: &Path, rel: &str, resources: Option<&LinuxResources>) -> Result<Cgroup, CgroupError> {
+        let cg = Cgroup::create_early(root, rel, resources)?;
+        if let Err(e) = cg.create_late(root, resources) {
+            // The caller gets no Cgroup to remove on error: remove what we made here.
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// The part of [`Cgroup::create`] a process must find before it is cloned: the directory
+    /// it is cloned into (CLONE_INTO_CGROUP). On v2 that is the whole cgroup, limits
+    /// included; on a v1 host only the directory in the controller-less `unified`
+    /// hierarchy, if there is one. [`Cgroup::create_late`] makes the rest, and may run while
+    /// the process is being cloned, as long as the process joins only after it.
+    pub fn create_early(root: &Path, rel: &str, resources: Option<&LinuxResources>) -> Result<Cgroup, CgroupError> {
         let cg = Cgroup::locate(root, rel)?;
         if cg.mode == CgroupMode::V2 {
             // Device rules are checked before anything is created.
@@ -102,23 +117,47 @@ impl Cgroup {
             }
             enable_v2_controllers(root, rel.trim_start_matches('/'), resources)?;
         }
-        for (name, dir) in &cg.dirs {
-            let hierarchy = dir.ancestors().find(|a| a.parent() == Some(root)).map(Path::to_path_buf).unwrap_or(root.to_path_buf());
-            let top = if cg.mode == CgroupMode::V2 { root.to_path_buf() } else { hierarchy };
-            make_dirs(&top, dir, cg.mode == CgroupMode::V1 && name == "cpuset")?;
+        for (_, dir) in cg.early_dirs(root) {
+            make_dirs(root, dir, false)?;
         }
-        if let Some(r) = resources {
-            let applied = match cg.mode {
-                CgroupMode::V1 => cg.apply_v1(r),
-                CgroupMode::V2 => cg.apply_v2(r),
-            };
+        if let (CgroupMode::V2, Some(r)) = (cg.mode, resources) {
             // The caller gets no Cgroup to remove on error: remove what we made here.
-            if let Err(e) = applied {
+            if let Err(e) = cg.apply_v2(r) {
                 let _ = cg.remove();
                 return Err(e);
             }
         }
         Ok(cg)
+    }
+
+    /// The rest of [`Cgroup::create`] after [`Cgroup::create_early`]: the v1 hierarchies'
+    /// directories and limits (nothing on v2, see [`Cgroup::has_late`]). On error, what was
+    /// made stays for the caller to remove (a process may be in the early part by then).
+    pub fn create_late(&self, root: &Path, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        if !self.has_late() {
+            return Ok(());
+        }
+        let early: Vec<&Path> = self.early_dirs(root).map(|(_, d)| d).collect();
+        for (name, dir) in self.dirs.iter().filter(|(_, d)| !early.contains(&d.as_path())) {
+            let hierarchy = dir.ancestors().find(|a| a.parent() == Some(root)).unwrap_or(root);
+            make_dirs(hierarchy, dir, name == "cpuset")?;
+        }
+        resources.map_or(Ok(()), |r| self.apply_v1(r))
+    }
+
+    /// Whether [`Cgroup::create_late`] has anything to make: on v1 hosts.
+    pub fn has_late(&self) -> bool {
+        self.mode == CgroupMode::V1
+    }
+
+    /// The directories [`Cgroup::create_early`] makes: v2's (on a hybrid host the `unified`
+    /// hierarchy's, where that is a cgroup2 mount).
+    fn early_dirs<'a>(&'a self, root: &'a Path) -> impl Iterator<Item = (&'a str, &'a Path)> + 'a {
+        let unified_is_v2 = self.mode == CgroupMode::V1 && root.join("unified/cgroup.controllers").exists();
+        self.dirs
+            .iter()
+            .filter(move |(name, _)| self.mode == CgroupMode::V2 || (unified_is_v2 && name == "unified"))
+            .map(|(n, d)| (n.as_str(), d.as_path()))
     }
 
     pub fn dir(&self, hierarchy: &str) -> Option<&Path> {
@@ -556,6 +595,42 @@ mod tests {
         cg.remove().unwrap();
         assert!(!p.join("memory/default/c1").exists());
         assert!(p.join("memory/default").exists(), "ancestors stay");
+    }
+
+    #[test]
+    fn v1_early_makes_only_the_directory_to_clone_into_and_late_the_rest() {
+        let t = v1_tree();
+        let p = t.path();
+        // `unified` as on a hybrid host: a cgroup2 mount (it has cgroup.controllers).
+        std::fs::write(p.join("unified/cgroup.controllers"), "").unwrap();
+        let r = resources(serde_json::json!({"pids": {"limit": 32}}));
+        let cg = Cgroup::create_early(p, "/default/c1", Some(&r)).unwrap();
+        assert!(cg.has_late());
+        assert!(p.join("unified/default/c1").is_dir());
+        for h in ["cpu", "cpuset", "memory", "pids", "devices"] {
+            assert!(!p.join(h).join("default/c1").exists(), "{h} made early");
+        }
+        cg.create_late(p, Some(&r)).unwrap();
+        assert_eq!(read(p.join("pids/default/c1/pids.max")), "32");
+        assert_eq!(read(p.join("cpuset/default/c1/cpuset.cpus")), "0-1");
+        // A late failure leaves what was made for the caller (a process may be in it).
+        // (Refused before any file is written: this fake tree cannot remove a directory with files.)
+        let bad = resources(serde_json::json!({"memory": {"swap": 4194304}}));
+        let cg2 = Cgroup::create_early(p, "/default/c2", Some(&bad)).unwrap();
+        let e = cg2.create_late(p, Some(&bad)).unwrap_err();
+        assert!(e.to_string().contains("linux.resources.memory.swap"), "{e}");
+        assert!(p.join("unified/default/c2").is_dir() && p.join("memory/default/c2").is_dir());
+        // create() itself removes what it made on error (in a tree without cpuset, whose new
+        // directories get files this fake tree cannot remove them with).
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path();
+        for h in ["memory", "pids", "unified"] {
+            std::fs::create_dir(p.join(h)).unwrap();
+            std::fs::write(p.join(h).join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::write(p.join("unified/cgroup.controllers"), "").unwrap();
+        assert!(Cgroup::create(p, "/default/c3", Some(&bad)).is_err());
+        assert!(!p.join("unified/default/c3").exists() && !p.join("memory/default/c3").exists());
     }
 
     #[test]

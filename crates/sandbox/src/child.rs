@@ -52,7 +52,16 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
     }
 
     // Join the cgroup while still in the shim's cgroup namespace, so that a new cgroup
-    // namespace below is rooted at the container's own cgroup.
+    // namespace below is rooted at the container's own cgroup. Its v1 directories may still
+    // be being made while we were cloned: the parent says when they exist.
+    if plan.cgroup_pending {
+        match recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()) {
+            Ok(Some((ParentMsg::CgroupReady, _))) => {}
+            Ok(Some((other, _))) => return Err(SetupError::new(Step::JoinCgroup, format!("expected the cgroup, got {other:?}"))),
+            Ok(None) => return Err(SetupError::new(Step::JoinCgroup, "the shim went away before making the cgroup")),
+            Err(e) => return Err(SetupError::new(Step::JoinCgroup, format!("wait for the cgroup: {e}"))),
+        }
+    }
     for f in &plan.cgroup_procs {
         std::fs::write(f, "0").ctx(Step::JoinCgroup, f.display())?;
     }

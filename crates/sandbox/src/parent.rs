@@ -68,26 +68,33 @@ impl std::fmt::Display for SetupTiming {
 /// `stdio` becomes the process's fds 0-2. On error nothing is left but a process that is
 /// being killed (the caller reaps it) and the cgroup, returned for the caller to remove.
 pub fn create_container(mut plan: Plan, zygote: &Zygote, cgroup_root: &Path, stdio: [OwnedFd; 3]) -> Result<Container, (CreateError, Option<Cgroup>)> {
-    // The cgroup exists, with its limits, before the process: the child joins it as its
-    // first step, so nothing it does runs unaccounted.
     let t0 = crate::monotonic_ns();
-    let cgroup = Cgroup::create(cgroup_root, &plan.cgroups_path, plan.resources.as_ref()).map_err(|e| (e.into(), None))?;
+    // The directory the process is cloned into exists before the clone (CLONE_INTO_CGROUP);
+    // on a v1 host that is only the `unified` one, and the v1 hierarchies' directories are
+    // made while the fork server clones (they cost about as much as the clone). The child
+    // waits for them (`cgroup_pending`) before it joins them as its first step, so nothing
+    // it does runs unaccounted.
+    let cgroup = Cgroup::create_early(cgroup_root, &plan.cgroups_path, plan.resources.as_ref()).map_err(|e| (e.into(), None))?;
     plan.cgroup_mount_sources = cgroup.dirs.clone();
-    spawn(plan, zygote, stdio, cgroup.clone(), t0).map_err(|e| (e, Some(cgroup)))
+    let resources = plan.resources.clone();
+    let late = || cgroup.create_late(cgroup_root, resources.as_ref());
+    let late = cgroup.has_late().then_some(&late as &(dyn Fn() -> Result<(), CgroupError> + Sync));
+    spawn(plan, zygote, stdio, cgroup.clone(), t0, late).map_err(|e| (e, Some(cgroup.clone())))
 }
 
 /// Creates an extra process in the running container `container` (an exec): `plan` comes
 /// from [`Plan::for_exec`]. It joins the container's namespaces and cgroup, and waits for
 /// [`Container::start`] like the container's own process.
 pub fn create_exec(plan: Plan, zygote: &Zygote, container: &Container, stdio: [OwnedFd; 3]) -> Result<Container, CreateError> {
-    spawn(plan, zygote, stdio, container.cgroup.clone(), crate::monotonic_ns())
+    spawn(plan, zygote, stdio, container.cgroup.clone(), crate::monotonic_ns(), None)
 }
 
 /// The process for `plan`, in `cgroup`: the files it joins and the v2 directory it may be
-/// cloned into both come from that one cgroup here.
-fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t0: u64) -> Result<Container, CreateError> {
-    let t_cgroup = crate::monotonic_ns();
+/// cloned into both come from that one cgroup here. `late` makes the rest of the cgroup
+/// while the fork server clones; the child joins only once it is done.
+fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t0: u64, late: Option<&(dyn Fn() -> Result<(), CgroupError> + Sync)>) -> Result<Container, CreateError> {
     plan.cgroup_procs = cgroup.join_files();
+    plan.cgroup_pending = late.is_some();
     let plan = &plan;
     let (ours, theirs) = sync::pair().map_err(ZygoteError::Io)?;
     // The fork server clones the process; it is our child (CLONE_PARENT), so our reaper
@@ -101,12 +108,47 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
     // Not opening it is no error: the process then joins by cgroup.procs, which reports it.
     let into_cgroup = into_cgroup.and_then(Result::ok);
     let t_requested = crate::monotonic_ns();
-    let crate::zygote::Spawned { pid, placed, received, cloned } = zygote.spawn(plan, theirs, stdio, into_cgroup)?;
-    // In a user namespace the child waits for us to map its ids and set its limits (userns.rs).
+    // The rest of the cgroup on a thread of its own while the fork server reads the request
+    // and clones. The thread tells the child as soon as it is done (the message waits in the
+    // socket), so the child does not wait for the fork server's answer to us. Except in a user
+    // namespace: the child takes its id mappings first, and those need its pid.
+    let tell_from_thread = !plan.in_userns();
+    let (spawned, made) = std::thread::scope(|s| {
+        let sync = ours.as_fd();
+        let made = late.map(|late| {
+            s.spawn(move || {
+                late()?;
+                let t = crate::monotonic_ns();
+                if tell_from_thread {
+                    send(sync, &ParentMsg::CgroupReady, &[]).map_err(|source| CgroupError::Io { path: "the container process".into(), op: "tell", source })?;
+                }
+                Ok::<u64, CgroupError>(t)
+            })
+        });
+        let spawned = zygote.spawn(plan, theirs, stdio, into_cgroup);
+        let made = made.map(|h| h.join().unwrap_or_else(|_| Err(CgroupError::Io { path: "cgroup".into(), op: "create", source: std::io::Error::other("the thread panicked") })));
+        (spawned, made)
+    });
+    let crate::zygote::Spawned { pid, placed, received, cloned } = spawned?;
+    let fail = |e: CreateError| {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        Err(e)
+    };
+    let t_cgroup = match made {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return fail(e.into()),
+        None => t0,
+    };
+    // In a user namespace the child waits for us to map its ids and set its limits (userns.rs),
+    // then for the cgroup.
     if plan.in_userns() {
         if let Err(e) = crate::userns::set_up_from_parent(pid, plan, ours.as_fd()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            return Err(e.into());
+            return fail(e.into());
+        }
+        if plan.cgroup_pending {
+            if let Err(source) = send(ours.as_fd(), &ParentMsg::CgroupReady, &[]) {
+                return fail(CreateError::Sync { pid, source });
+            }
         }
     }
 
@@ -126,8 +168,7 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
             Err(source) => break CreateError::Sync { pid, source },
         }
     };
-    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    Err(err)
+    fail(err)
 }
 
 impl Container {

@@ -110,6 +110,9 @@ pub struct Plan {
     /// Filled in by the parent once the cgroup exists: files the child writes "0" into to join
     /// it ([`crate::Cgroup::join_files`]).
     pub cgroup_procs: Vec<PathBuf>,
+    /// Set by the parent: some of those files are still being made when the child starts;
+    /// it waits for `CgroupReady` before joining.
+    pub cgroup_pending: bool,
     /// Filled in by the parent: (controller dir name, host dir) bound under a `cgroup` mount.
     pub cgroup_mount_sources: Vec<(String, PathBuf)>,
     /// An extra process in a running container: it joins every namespace by path and does
@@ -291,6 +294,7 @@ impl Plan {
             resources: linux.resources().clone(),
             stdio,
             cgroup_procs: Vec::new(),
+            cgroup_pending: false,
             cgroup_mount_sources: Vec::new(),
             payload_file: None,
             exec: false,
@@ -341,6 +345,7 @@ impl Plan {
             no_new_privs: process.no_new_privileges().unwrap_or(false),
             oom_score_adj: process.oom_score_adj().or(self.oom_score_adj),
             cgroup_procs: Vec::new(),
+            cgroup_pending: false,
             // The container's compiled module is not this process's.
             payload_file: None,
             exec: true,
