@@ -191,8 +191,16 @@ fn a_pods_fork_server_preloads_only_for_the_same_module_and_function() {
         assert_eq!((r.code, r.stdout.as_str()), (0, out), "{id}: {r:?}");
     }
     // Loading modules in the fork server must leave it single-threaded (it forks).
-    let daemon = daemon_pids(sandbox)[0];
-    let fork_server = std::fs::read_dir("/proc")
+    let fork_server = fork_server_of(sandbox);
+    let status = std::fs::read_to_string(format!("/proc/{fork_server}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "Threads:\t1"), "fork server {fork_server}: {status}");
+    kill_and_remove(sandbox);
+}
+
+/// The container fork server of the shim serving `id`.
+fn fork_server_of(id: &str) -> i32 {
+    let daemon = daemon_pids(id)[0];
+    std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -201,8 +209,37 @@ fn a_pods_fork_server_preloads_only_for_the_same_module_and_function() {
             let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
             status.lines().any(|l| l == format!("PPid:\t{daemon}")) && String::from_utf8_lossy(&cmd).split('\0').next().is_some_and(|a0| a0.ends_with("-fork-server"))
         })
-        .expect("the pod's fork server");
-    let status = std::fs::read_to_string(format!("/proc/{fork_server}/status")).unwrap();
-    assert!(status.lines().any(|l| l == "Threads:\t1"), "fork server {fork_server}: {status}");
-    kill_and_remove(sandbox);
+        .expect("the shim's fork server")
+}
+
+/// KiB of written (anonymous) pages in `pid`'s mappings of files whose name contains `lib`.
+fn written_kib_of(pid: i32, lib: &str) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut inside = false;
+    let mut kib = 0;
+    for l in smaps.lines() {
+        if l.split_whitespace().next().is_some_and(|f| f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
+            inside = l.contains(lib);
+        } else if inside && l.starts_with("Anonymous:") {
+            kib += l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap();
+        }
+    }
+    kib
+}
+
+/// The fork server has WasmEdge's compiler (libLLVM) loaded, with megabytes of relocated data;
+/// a container process cloned from it must not get that data (clone would copy, and exit tear
+/// down, its page tables), and must still run: its wasm, traps and SIGTERM work as the other
+/// tests show.
+#[test]
+fn a_wasm_container_does_not_inherit_the_compilers_data() {
+    let id = "e2e-no-llvm-data";
+    assert_eq!(run_detached(&["--platform", "wasi/wasm", &image("sleep")], id, &[], &[]).code, 0);
+    let pid = wait_status(id, "RUNNING", 10) as i32;
+    let in_server = written_kib_of(fork_server_of(id), "/libLLVM.so");
+    let in_container = written_kib_of(pid, "/libLLVM.so");
+    kill_and_remove(id);
+    assert!(in_server >= 1024, "the fork server has {in_server} KiB of libLLVM data: is libLLVM still what WasmEdge links?");
+    // The pages the dynamic linker reads (dynamic section, TLS image) stay: a few KiB.
+    assert!(in_container <= 16, "the container process has {in_container} KiB of libLLVM's data");
 }

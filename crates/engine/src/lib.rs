@@ -192,6 +192,12 @@ impl Payload for WasmEdgePayload {
         load_preferring_artifact(file, module, func).map_err(|e| e.to_string())
     }
 
+    fn unused_libraries(&self) -> &[&str] {
+        // WasmEdge's AOT compiler. Containers run compiled or interpreted code; compiling
+        // happens in the shim daemon (aot.rs), never in a container process.
+        &["/libLLVM.so"]
+    }
+
     fn preload(&self, plan: &Plan) {
         let (Entrypoint::Wasm { module, func }, Some(artifact)) = (&plan.entry, &plan.payload_file) else { return };
         let Ok(mut f) = std::fs::File::open(artifact) else { return };

@@ -66,4 +66,10 @@ pub trait Payload {
     /// process's path): work done here is inherited by the processes it clones later, whose
     /// `prepare` may then skip it. The fork server is single-threaded and must stay so.
     fn preload(&self, _plan: &Plan) {}
+    /// Shared libraries the fork server has loaded whose code no container process runs (a
+    /// compiler, say), by a part of their file name. Their written data is not inherited by
+    /// the processes it clones (see `zygote::not_inherited`).
+    fn unused_libraries(&self) -> &[&str] {
+        &[]
+    }
 }
