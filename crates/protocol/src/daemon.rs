@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use containerd_shim::monitor::monitor_notify_by_pid;
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::write_address;
 use containerd_shim::ExitSignal;
 use log::{error, info};
@@ -89,7 +88,8 @@ fn serve(args: &[String], prepared: Prepared) -> Result<(), String> {
     if flags.namespace.is_empty() || flags.socket.is_empty() {
         return Err("arguments: -namespace and -socket are required".into());
     }
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
+    // containerd's events address: checked here, connected to for the first event.
+    std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
     let Prepared { signals, zygote } = prepared;
     // Named after this shim in `ps`, and at its priority (a standby forked it before it knew
     // either: at the lowest priority).
@@ -98,11 +98,8 @@ fn serve(args: &[String], prepared: Prepared) -> Result<(), String> {
     let zygote = Arc::new(zygote);
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id).map_err(|e| format!("log: {e}"))?;
     let exit = Arc::new(ExitSignal::default());
-    // Connected here, before the ttrpc server starts. (Connecting on the events thread would
-    // take 0.2-0.7 ms off a new pod's `start`; tried, and set aside while the bench hangs
-    // described at `RETIRED` in benches/src/shim.rs were being found. Not tried again.)
-    let publisher = RemotePublisher::new(&ttrpc_address).map_err(|e| format!("events {ttrpc_address}: {e}"))?;
-    let service = TaskService::new(zygote, publisher, flags.namespace.clone(), exit.clone());
+    // containerd's events address is connected to for the first event, on the events thread.
+    let service = TaskService::new(zygote, flags.namespace.clone(), exit.clone());
 
     let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket).to_string();
     let listener = match bind(&path) {

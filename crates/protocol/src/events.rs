@@ -28,12 +28,12 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    /// Starts the publishing thread. `publisher` is the connection the daemon opened at start
-    /// (closed like any after [`EVENTS_LINGER`]); `address` is containerd's ttrpc address,
-    /// to connect to for later events; `namespace` the containerd namespace of the tasks.
-    pub(crate) fn start(publisher: RemotePublisher, address: String, namespace: String) -> std::io::Result<Events> {
+    /// Starts the publishing thread. `address` is containerd's ttrpc address, connected to
+    /// for the first event (on that thread: a new pod's `start` does not wait for it);
+    /// `namespace` the containerd namespace of the tasks.
+    pub(crate) fn start(address: String, namespace: String) -> std::io::Result<Events> {
         let (tx, rx) = channel();
-        std::thread::Builder::new().name("events".into()).spawn(move || forward(rx, Some(publisher), &address, &namespace))?;
+        std::thread::Builder::new().name("events".into()).spawn(move || forward(rx, None, &address, &namespace))?;
         Ok(Events { tx })
     }
 

@@ -13,7 +13,6 @@ use containerd_shim::api::{
     StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
@@ -84,13 +83,13 @@ fn not_found(id: &str, exec_id: &str) -> TaskError {
 }
 
 impl TaskService {
-    pub fn new(zygote: Arc<Zygote>, publisher: RemotePublisher, namespace: String, exit: Arc<ExitSignal>) -> TaskService {
+    pub fn new(zygote: Arc<Zygote>, namespace: String, exit: Arc<ExitSignal>) -> TaskService {
         let svc = TaskService {
             inner: Arc::new(Inner {
                 tasks: Mutex::new(HashMap::new()),
                 changed: Condvar::new(),
                 zygote,
-                events: Events::start(publisher, std::env::var("TTRPC_ADDRESS").unwrap_or_default(), namespace).expect("spawn events thread"),
+                events: Events::start(std::env::var("TTRPC_ADDRESS").unwrap_or_default(), namespace).expect("spawn events thread"),
                 exit,
                 cgroup_root: PathBuf::from(CGROUP_ROOT),
                 oom_epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll_create1"),

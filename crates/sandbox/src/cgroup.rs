@@ -40,6 +40,46 @@ fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Cg
     move |source| CgroupError::Io { path: path.to_path_buf(), op, source }
 }
 
+/// The cgroup mode of `root` and, on v1, its hierarchies (name, directory), each once
+/// (co-mounted controllers show up twice: cpu -> cpu,cpuacct). Listing them takes some
+/// twenty syscalls, on every Create: the answer is kept per root, as long as the root
+/// directory is the same one, unmodified (device, inode, modification time; the time moves
+/// in clock ticks, so a change within the tick of a listing goes unseen, which a cgroupfs
+/// root, changed only by mounting hierarchies, does not meet).
+fn hierarchies(root: &Path) -> Result<(CgroupMode, Vec<(String, PathBuf)>), CgroupError> {
+    use std::os::unix::fs::MetadataExt;
+    type Listing = (CgroupMode, Vec<(String, PathBuf)>);
+    static KNOWN: std::sync::Mutex<Vec<(PathBuf, (u64, u64, i64, i64), Listing)>> = std::sync::Mutex::new(Vec::new());
+    let st = std::fs::metadata(root).map_err(io(root, "stat"))?;
+    let stamp = (st.dev(), st.ino(), st.mtime(), st.mtime_nsec());
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, l)) = known.iter().find(|(r, s, _)| r == root && *s == stamp) {
+        return Ok(l.clone());
+    }
+    let mode = CgroupMode::detect(root);
+    let mut found = Vec::new();
+    if mode == CgroupMode::V1 {
+        let mut seen = Vec::new();
+        let mut entries: Vec<_> = std::fs::read_dir(root).map_err(io(root, "list"))?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let h = e.path();
+            let canon = std::fs::canonicalize(&h).unwrap_or(h.clone());
+            if !h.join("cgroup.procs").exists() || seen.contains(&canon) {
+                continue;
+            }
+            seen.push(canon);
+            found.push((e.file_name().to_string_lossy().into_owned(), h));
+        }
+        if found.is_empty() {
+            return Err(CgroupError::NoHierarchy(root.to_path_buf()));
+        }
+    }
+    known.retain(|(r, _, _)| r != root);
+    known.push((root.to_path_buf(), stamp, (mode, found.clone())));
+    Ok((mode, found))
+}
+
 /// The device rules runc appends to every container's (libcontainer's AllowedDevices): mknod
 /// of anything, the OCI default devices, ptys, /dev/ptmx and /dev/net/tun.
 const DEFAULT_ALLOWED_DEVICES: [&str; 11] =
@@ -64,29 +104,10 @@ impl Cgroup {
     /// The directories `rel` has (or would have) under `root`, without touching anything.
     pub fn locate(root: &Path, rel: &str) -> Result<Cgroup, CgroupError> {
         let rel = rel.trim_start_matches('/');
-        let mode = CgroupMode::detect(root);
+        let (mode, hierarchies) = hierarchies(root)?;
         let dirs = match mode {
             CgroupMode::V2 => vec![(String::new(), root.join(rel))],
-            CgroupMode::V1 => {
-                let mut dirs = Vec::new();
-                let mut seen = Vec::new();
-                let mut entries: Vec<_> = std::fs::read_dir(root).map_err(io(root, "list"))?.flatten().collect();
-                entries.sort_by_key(|e| e.file_name());
-                for e in entries {
-                    let h = e.path();
-                    // Co-mounted controllers show up twice (cpu -> cpu,cpuacct): keep one.
-                    let canon = std::fs::canonicalize(&h).unwrap_or(h.clone());
-                    if !h.join("cgroup.procs").exists() || seen.contains(&canon) {
-                        continue;
-                    }
-                    seen.push(canon);
-                    dirs.push((e.file_name().to_string_lossy().into_owned(), h.join(rel)));
-                }
-                if dirs.is_empty() {
-                    return Err(CgroupError::NoHierarchy(root.to_path_buf()));
-                }
-                dirs
-            }
+            CgroupMode::V1 => hierarchies.into_iter().map(|(name, h)| (name, h.join(rel))).collect(),
         };
         Ok(Cgroup { mode, dirs })
     }
@@ -631,6 +652,22 @@ mod tests {
         std::fs::write(p.join("unified/cgroup.controllers"), "").unwrap();
         assert!(Cgroup::create(p, "/default/c3", Some(&bad)).is_err());
         assert!(!p.join("unified/default/c3").exists() && !p.join("memory/default/c3").exists());
+    }
+
+    #[test]
+    fn the_hierarchies_are_listed_again_when_the_root_changes() {
+        let t = v1_tree();
+        let names = |cg: &Cgroup| cg.dirs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let before = Cgroup::locate(t.path(), "/a").unwrap();
+        assert_eq!(names(&before), ["cpu", "cpuset", "devices", "memory", "pids", "unified"]);
+        // (File times move in steps of a clock tick: a change within the same tick as the
+        // listing would go unseen; a cgroupfs root does not change under running shims.)
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::create_dir(t.path().join("blkio")).unwrap();
+        std::fs::write(t.path().join("blkio/cgroup.procs"), "").unwrap();
+        let after = Cgroup::locate(t.path(), "/b").unwrap();
+        assert_eq!(names(&after), ["blkio", "cpu", "cpuset", "devices", "memory", "pids", "unified"]);
+        assert_eq!(after.dirs[0].1, t.path().join("blkio/b"));
     }
 
     #[test]

@@ -268,9 +268,13 @@ fn set_user_and_caps(plan: &Plan) -> Result<(), SetupError> {
     // The bounding set shrinks while we still hold CAP_SETPCAP.
     if let Some(c) = &plan.caps {
         let keep = parse(&c.bounding)?;
-        for cap in caps::all() {
-            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-                caps::drop(None, CapSet::Bounding, cap).ctx(Step::Capabilities, format!("drop {cap} from bounding"))?;
+        // Dropped without asking first (one syscall, not two, per capability); a failure counts
+        // only if the capability is still there (one this kernel does not know fails too).
+        for cap in caps::all().into_iter().filter(|c| !keep.contains(c)) {
+            if let Err(e) = caps::drop(None, CapSet::Bounding, cap) {
+                if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                    return Err(SetupError::new(Step::Capabilities, format!("drop {cap} from bounding: {e}")));
+                }
             }
         }
     }
@@ -315,12 +319,21 @@ fn caps_as_after_execve(plan: &Plan) -> Result<(), SetupError> {
 /// `args` (cut to fit), and sets the thread name to the program's file name. Reads where
 /// the area is from /proc/self/stat, so it must run while the host's /proc is visible.
 pub(crate) fn set_cmdline(args: &[String]) -> Result<(), SetupError> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ctx(Step::Session, "read /proc/self/stat")?;
-    // Fields after the command name: arg_start and arg_end are the 48th and 49th fields.
-    let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<usize>().ok());
-    let (Some(start), Some(end)) = (field(48), field(49)) else {
-        return Err(SetupError::new(Step::Session, "no arg_start/arg_end in /proc/self/stat"));
+    // Where the kernel put argv: read once, in the fork server (which renames itself at its
+    // start); the processes it clones have it at the same address, and skip /proc/self/stat.
+    static ARG_AREA: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    let (start, end) = match ARG_AREA.get() {
+        Some(&area) => area,
+        None => {
+            let stat = std::fs::read_to_string("/proc/self/stat").ctx(Step::Session, "read /proc/self/stat")?;
+            // Fields after the command name: arg_start and arg_end are the 48th and 49th fields.
+            let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+            let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<usize>().ok());
+            let (Some(start), Some(end)) = (field(48), field(49)) else {
+                return Err(SetupError::new(Step::Session, "no arg_start/arg_end in /proc/self/stat"));
+            };
+            *ARG_AREA.get_or_init(|| (start, end))
+        }
     };
     if end <= start {
         return Ok(());
