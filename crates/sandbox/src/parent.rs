@@ -115,19 +115,17 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
     let tell_from_thread = !plan.in_userns();
     let (spawned, made) = std::thread::scope(|s| {
         let sync = ours.as_fd();
+        // The thread's result: when the cgroup was made, and whether telling the child worked.
         let made = late.map(|late| {
             s.spawn(move || {
                 late()?;
                 let t = crate::monotonic_ns();
-                if tell_from_thread {
-                    send(sync, &ParentMsg::CgroupReady, &[]).map_err(|source| CgroupError::Io { path: "the container process".into(), op: "tell", source })?;
-                }
-                Ok::<u64, CgroupError>(t)
+                Ok::<_, CgroupError>((t, if tell_from_thread { send(sync, &ParentMsg::CgroupReady, &[]) } else { Ok(()) }))
             })
         });
         let spawned = zygote.spawn(plan, theirs, stdio, into_cgroup);
-        let made = made.map(|h| h.join().unwrap_or_else(|_| Err(CgroupError::Io { path: "cgroup".into(), op: "create", source: std::io::Error::other("the thread panicked") })));
-        (spawned, made)
+        let panicked = || CgroupError::Io { path: cgroup.dirs.first().map(|(_, d)| d.clone()).unwrap_or_default(), op: "create", source: std::io::Error::other("the thread making it panicked") };
+        (spawned, made.map(|h| h.join().unwrap_or_else(|_| Err(panicked()))))
     });
     let crate::zygote::Spawned { pid, placed, received, cloned } = spawned?;
     let fail = |e: CreateError| {
@@ -135,7 +133,8 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
         Err(e)
     };
     let t_cgroup = match made {
-        Some(Ok(t)) => t,
+        Some(Ok((t, Ok(())))) => t,
+        Some(Ok((_, Err(source)))) => return fail(CreateError::Sync { pid, source }),
         Some(Err(e)) => return fail(e.into()),
         None => t0,
     };

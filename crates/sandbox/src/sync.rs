@@ -69,6 +69,8 @@ pub(crate) fn recv<T: DeserializeOwned>(fd: BorrowedFd<'_>, flags: MsgFlags) -> 
             Err(e) => return Err(e.into()),
         }
     };
+    // (Unreachable in practice: a packet is at most the socket's send buffer, some 200 KiB.
+    // The message stays queued; every caller gives up on the socket after an error.)
     if len > MAX_MSG {
         return Err(std::io::Error::other(format!("a message of {len} bytes (at most {MAX_MSG})")));
     }

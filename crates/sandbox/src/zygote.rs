@@ -258,7 +258,8 @@ fn not_inherited(names: &[&str]) {
         }
         // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
         let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
-        let page = 4096usize;
+        // SAFETY: sysconf takes an integer and returns one.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let base = info.dlpi_addr as usize;
         let span = |p: &libc::Elf64_Phdr| (base + p.p_vaddr as usize, base + (p.p_vaddr + p.p_memsz) as usize);
         let keep: Vec<(usize, usize)> =
