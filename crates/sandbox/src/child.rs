@@ -15,7 +15,7 @@ use nix::sys::stat::{umask, Mode};
 use nix::unistd::{chdir, dup2, execve, sethostname, setsid, Gid, Uid};
 
 use crate::error::{Ctx, SetupError, Step};
-use crate::sync::{recv, send, ChildMsg, ParentMsg};
+use crate::sync::{recv, send, wait_for, ChildMsg, ParentMsg};
 use crate::{mounts, Payload, Plan};
 
 /// Runs in the new process returned by clone(2) in the fork server; never returns.
@@ -55,12 +55,7 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
     // namespace below is rooted at the container's own cgroup. Its v1 directories may still
     // be being made while we were cloned: the parent says when they exist.
     if plan.cgroup_pending {
-        match recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()) {
-            Ok(Some((ParentMsg::CgroupReady, _))) => {}
-            Ok(Some((other, _))) => return Err(SetupError::new(Step::JoinCgroup, format!("expected the cgroup, got {other:?}"))),
-            Ok(None) => return Err(SetupError::new(Step::JoinCgroup, "the shim went away before making the cgroup")),
-            Err(e) => return Err(SetupError::new(Step::JoinCgroup, format!("wait for the cgroup: {e}"))),
-        }
+        wait_for(sync.as_fd(), ParentMsg::CgroupReady, Step::JoinCgroup, "the cgroup", "making the cgroup")?;
     }
     for f in &plan.cgroup_procs {
         std::fs::write(f, "0").ctx(Step::JoinCgroup, f.display())?;

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::error::SetupError;
+use crate::error::{SetupError, Step};
 
 const MAX_MSG: usize = 1 << 20;
 
@@ -29,7 +29,7 @@ pub(crate) enum ChildMsg {
 }
 
 /// What the shim tells a container child.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum ParentMsg {
     Start,
     /// The container's user namespace has its uid_map and gid_map (see `userns`).
@@ -53,6 +53,17 @@ pub(crate) fn send<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> 
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// In a container child: waits for the shim's `want`, which `what` names in the errors
+/// ("expected {what}", "the shim went away before {gone}"), failing `step` otherwise.
+pub(crate) fn wait_for(fd: BorrowedFd<'_>, want: ParentMsg, step: Step, what: &str, gone: &str) -> Result<(), SetupError> {
+    match recv::<ParentMsg>(fd, MsgFlags::empty()) {
+        Ok(Some((got, _))) if got == want => Ok(()),
+        Ok(Some((other, _))) => Err(SetupError::new(step, format!("expected {what}, got {other:?}"))),
+        Ok(None) => Err(SetupError::new(step, format!("the shim went away before {gone}"))),
+        Err(e) => Err(SetupError::new(step, format!("wait for {what}: {e}"))),
     }
 }
 

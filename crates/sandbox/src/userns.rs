@@ -28,14 +28,13 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use nix::sys::socket::MsgFlags;
 use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::LinuxIdMapping;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Ctx, SetupError, Step};
 use crate::plan::PlanError;
-use crate::sync::{recv, send, ParentMsg};
+use crate::sync::{send, wait_for, ParentMsg};
 use crate::Plan;
 
 /// One line of uid_map or gid_map.
@@ -128,12 +127,7 @@ pub(crate) fn wait_for_parent(plan: &Plan, sync: &std::os::fd::OwnedFd) -> Resul
     if !plan.in_userns() {
         return Ok(());
     }
-    match recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()) {
-        Ok(Some((ParentMsg::IdsMapped, _))) => Ok(()),
-        Ok(Some((other, _))) => Err(SetupError::new(Step::UserNamespace, format!("expected the id mappings, got {other:?}"))),
-        Ok(None) => Err(SetupError::new(Step::UserNamespace, "the shim went away before mapping our ids")),
-        Err(e) => Err(SetupError::new(Step::UserNamespace, format!("wait for the id mappings: {e}"))),
-    }
+    wait_for(sync.as_fd(), ParentMsg::IdsMapped, Step::UserNamespace, "the id mappings", "mapping our ids")
 }
 
 /// Child side, step 3: from host root (unmapped here, yet holding every capability in the
