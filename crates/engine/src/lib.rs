@@ -136,13 +136,42 @@ fn run(loaded: LoadedModule, args: &[String], env: &[String], preopens: &[String
     Ok(outcome)
 }
 
-/// The directories a container's module sees: the container's root as `/`, and its working
-/// directory as `.` so that relative paths resolve against `process.cwd`.
-pub fn container_preopens(cwd: &Path) -> Vec<String> {
-    let mut p = vec!["/:/".to_string()];
-    if cwd != Path::new("/") {
-        p.push(format!(".:{}", cwd.display()));
+/// The directories a container's module sees: absolute paths resolve against the container's
+/// root, relative ones against `process.cwd`.
+///
+/// wasi-libc, which C and Rust WASI programs resolve paths with, strips a path's leading `/`
+/// and `./` and then takes the preopen with the longest matching name. To it `/data/x` and
+/// `data/x` are the same path, and preopens named `/` and `.` are both named "". Of two equal
+/// names it takes the higher descriptor, and WasmEdge numbers preopens in an order of its own
+/// (it sorts them by their address in memory), so `/` and `.` together resolve every path
+/// against one of the two, which one changing from run to run. So:
+/// - with `process.cwd` `/`: the root alone;
+/// - otherwise `.` is the working directory and the only preopen named "", and each top-level
+///   directory of `root` is preopened under its own name, which is longer: `/etc/x` goes to
+///   the root's /etc, `x` to the working directory.
+///
+/// What this cannot give, short of a libc that knows its working directory: an absolute
+/// path to a file at the top level of the root resolves under the working directory, and a
+/// relative path whose first component names a top-level directory goes to that directory.
+/// `root` is `/` in the container (a parameter for tests).
+pub fn container_preopens(root: &Path, cwd: &Path) -> Vec<String> {
+    if cwd == Path::new("/") {
+        return vec![format!("/:{}", root.display())];
     }
+    let mut top: Vec<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        // A directory, or a link to one, that this process may open: WasmEdge prints an error
+        // on the container's stderr for a preopen it cannot open.
+        .filter(|e| e.path().is_dir() && nix::unistd::access(&e.path(), nix::unistd::AccessFlags::R_OK).is_ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        // WasmEdge splits a preopen at its first ':'.
+        .filter(|name| !name.contains(':'))
+        .collect();
+    top.sort();
+    let mut p: Vec<String> = top.iter().map(|name| format!("/{name}:{}", root.join(name).display())).collect();
+    p.push(format!(".:{}", cwd.display()));
     p
 }
 
@@ -241,7 +270,7 @@ impl Payload for WasmEdgePayload {
 
     fn run(&self, prepared: LoadedModule, plan: &Plan) -> (i32, Option<String>) {
         // The process exits with what this returns (child.rs).
-        match run_module_then_exit(prepared, &plan.args, &plan.env, &container_preopens(&plan.cwd)) {
+        match run_module_then_exit(prepared, &plan.args, &plan.env, &container_preopens(Path::new("/"), &plan.cwd)) {
             Ok(Outcome::Exited(c)) => (Outcome::Exited(c).exit_code(), None),
             Ok(Outcome::Trapped(msg)) | Err(EngineError::Wasi(msg)) => {
                 let msg = format!("wasm trap in {}: {msg}", plan.args[0]);
@@ -373,7 +402,18 @@ mod tests {
 
     #[test]
     fn preopens_follow_cwd() {
-        assert_eq!(container_preopens(Path::new("/")), vec!["/:/"]);
-        assert_eq!(container_preopens(Path::new("/app")), vec!["/:/", ".:/app"]);
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert_eq!(container_preopens(r, Path::new("/")), vec![format!("/:{}", r.display())], "the root alone");
+        for d in ["etc", "data", "a:b"] {
+            std::fs::create_dir(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join("file"), "").unwrap();
+        std::os::unix::fs::symlink("etc", r.join("link")).unwrap();
+        std::os::unix::fs::symlink("nowhere", r.join("dangling")).unwrap();
+        let p = container_preopens(r, Path::new("/app"));
+        let want: Vec<String> =
+            ["data", "etc", "link"].iter().map(|n| format!("/{n}:{}", r.join(n).display())).chain([".:/app".to_string()]).collect();
+        assert_eq!(p, want, "top-level directories by name; the working directory the only preopen named \"\"");
     }
 }
