@@ -287,6 +287,10 @@ fn fresh_pods(ws: &Workspace, a: &Args) -> Result<Run> {
             let t3 = Instant::now();
             let steps = run?;
             down?;
+            if let Some(dst) = &a.daemon_log {
+                // Every fresh pod's daemon log, one after another (the warm pod's goes to the same file).
+                append_log(&b.join("log"), dst);
+            }
             ws.remove_bundle(&b);
             let mut v = vec![t1 - t0];
             v.extend(steps);
@@ -430,4 +434,12 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
         std::fs::create_dir_all(d)?;
     }
     std::fs::write(path, serde_json::to_string_pretty(v)?).with_context(|| format!("write {}", path.display()))
+}
+
+/// Appends the file `src` to `dst` (best effort: the log is for reading, not for results).
+fn append_log(src: &Path, dst: &Path) {
+    use std::io::Write;
+    if let (Ok(text), Ok(mut f)) = (std::fs::read(src), std::fs::OpenOptions::new().create(true).append(true).open(dst)) {
+        let _ = f.write_all(&text);
+    }
 }

@@ -146,10 +146,17 @@ fn bind(path: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
     std::os::unix::net::UnixListener::bind(path)
 }
 
-/// `start` reads our stdout until it closes: we listen now. Point it at stderr.
+/// `start` reads our stdout until it closes: a line saying so, then the close, tell it that we
+/// listen (an empty stdout: we failed). Then stdout points at stderr.
 fn signal_listening() {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(LISTENING);
+    let _ = std::io::stdout().flush();
     let _ = nix::unistd::dup2_stdout(std::io::stderr());
 }
+
+/// What the daemon writes on its stdout once it listens (see [`signal_listening`]).
+pub(crate) const LISTENING: &[u8] = b"listening\n";
 
 /// Reaps every child and tells the task service (through containerd_shim's monitor) which
 /// one exited and how: 128+N for a signal, as a shell reports it.

@@ -111,11 +111,16 @@ pub(crate) fn start_shim(opts: StartOpts) -> containerd_shim::Result<String> {
         start_node_server(&node)?;
         fork_daemon(&node, &req)
     });
-    if let Err(e) = forked {
-        warn!(error:% = e; "no node fork server: exec'ing the daemon");
-        exec_daemon(&req)?;
-    }
-    if std::os::unix::net::UnixStream::connect(socket_path(&address)).is_err() {
+    let listening = match forked {
+        Ok(listening) => listening,
+        Err(e) => {
+            warn!(error:% = e; "no node fork server: exec'ing the daemon");
+            exec_daemon(&req)?
+        }
+    };
+    // Not a connection to find out: the daemon would start a connection's threads for it
+    // just when containerd connects.
+    if !listening {
         return Err(containerd_shim::Error::Other(format!("{DAEMON_NAME} for {} did not start (see containerd's log)", opts.id)));
     }
     write_address(&address)?;
@@ -126,14 +131,19 @@ fn other(e: impl std::fmt::Display) -> containerd_shim::Error {
     containerd_shim::Error::Other(e.to_string())
 }
 
-/// Has the node fork server fork the daemon; returns once the daemon listens (it closes
-/// its stdout) or died.
-fn fork_daemon(node: &Path, req: &ForkRequest) -> containerd_shim::Result<()> {
+/// Has the node fork server fork the daemon; returns once the daemon listens (it says so
+/// and closes its stdout: true) or died (false).
+fn fork_daemon(node: &Path, req: &ForkRequest) -> containerd_shim::Result<bool> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(other)?;
     request_fork(node, req, w).map_err(other)?;
-    let mut sink = Vec::new();
-    let _ = std::fs::File::from(r).read_to_end(&mut sink);
-    Ok(())
+    Ok(says_listening(std::fs::File::from(r)))
+}
+
+/// Whether the daemon's stdout, read until it closes, says that it listens.
+fn says_listening(mut stdout: impl Read) -> bool {
+    let mut said = Vec::new();
+    let _ = stdout.read_to_end(&mut said);
+    said == crate::daemon::LISTENING
 }
 
 /// Starts the node fork server (the daemon binary, `node-server PATH`) and waits until it
@@ -166,16 +176,13 @@ fn spawn_detached(cmd: &mut Command) -> containerd_shim::Result<std::process::Ch
     cmd.stdin(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().map_err(|e| other(format!("spawn {}: {e}", daemon_path().display())))
 }
 
-/// Without a node fork server: exec the daemon, which loads WasmEdge itself.
-fn exec_daemon(req: &ForkRequest) -> containerd_shim::Result<()> {
+/// Without a node fork server: exec the daemon, which loads WasmEdge itself. Whether it
+/// listens, as [`fork_daemon`].
+fn exec_daemon(req: &ForkRequest) -> containerd_shim::Result<bool> {
     let mut cmd = Command::new(&req.args[0]);
     cmd.args(&req.args[1..]).env_clear().envs(req.env.iter().map(|(k, v)| (k, v))).current_dir(&req.cwd).stdout(Stdio::piped());
     let mut child = spawn_detached(&mut cmd)?;
-    let mut sink = Vec::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_end(&mut sink);
-    }
-    Ok(())
+    Ok(child.stdout.take().is_some_and(says_listening))
 }
 
 /// `delete`: containerd's cleanup after a shim died. Kills what is left of the container,
@@ -262,6 +269,14 @@ pub fn cleanup_bundle(bundle: &Path, id: &str, cgroup_root: &Path) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_whole_line_says_listening() {
+        assert!(says_listening(crate::daemon::LISTENING));
+        assert!(!says_listening(&b""[..]), "closed without a word: the daemon failed");
+        assert!(!says_listening(&b"listen"[..]));
+        assert!(!says_listening(&b"listening\nlistening\n"[..]));
+    }
 
     #[test]
     fn a_live_listener_serves_and_a_dead_or_exiting_one_does_not() {
