@@ -243,3 +243,39 @@ fn a_wasm_container_does_not_inherit_the_compilers_data() {
     // The pages the dynamic linker reads (dynamic section, TLS image) stay: a few KiB.
     assert!(in_container <= 16, "the container process has {in_container} KiB of libLLVM's data");
 }
+
+/// The node fork server keeps the AOT cache's most recently used module loaded (at `_start`)
+/// for the next new pod's fork server. A new pod's first container gets it only if it runs
+/// that very artifact at that function; any other gets its own module.
+#[test]
+fn new_pods_get_the_node_servers_module_only_for_the_same_module_and_function() {
+    let hello = "Hello from WebAssembly on wasmedge-shim!\n";
+    let runs: [(&str, &str, &[&str], &str); 7] = [
+        ("hello", "e2e-newpod-1", &[], hello),
+        ("hello", "e2e-newpod-2", &[], hello),
+        // hello is the most recent module now.
+        ("hello", "e2e-newpod-3", &[], hello),
+        ("func", "e2e-newpod-4", &["/func.wasm#foo"], "foo called\n"),
+        // func.wasm now, at _start: the same module at another function does not get it.
+        ("func", "e2e-newpod-5", &[], "start\n"),
+        ("func", "e2e-newpod-6", &["/func.wasm#foo"], "foo called\n"),
+        ("hello", "e2e-newpod-7", &[], hello),
+    ];
+    for (img, id, args, out) in runs {
+        // No sandbox annotation: each is the first container of a pod of its own.
+        let r = run_wasm(img, id, &[], args);
+        assert_eq!((r.code, r.stdout.as_str()), (0, out), "{id}: {r:?}");
+    }
+    // Loading modules in the node fork server must leave it single-threaded (it forks).
+    let id = "e2e-newpod-sleeper";
+    assert_eq!(run_detached(&["--platform", "wasi/wasm", &image("sleep")], id, &[], &[]).code, 0);
+    wait_status(id, "RUNNING", 10);
+    let daemon = daemon_pids(id)[0];
+    let status = std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap();
+    let server: i32 = status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().parse().unwrap();
+    let server_status = std::fs::read_to_string(format!("/proc/{server}/status")).unwrap();
+    let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{server}/cmdline")).unwrap()).replace('\0', " ");
+    assert!(cmd.contains(" node-server "), "the daemon's parent is the node fork server: {cmd}");
+    assert!(server_status.lines().any(|l| l == "Threads:\t1"), "node fork server {server}: {server_status}");
+    kill_and_remove(id);
+}

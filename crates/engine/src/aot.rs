@@ -482,6 +482,14 @@ impl AotCache {
             .collect()
     }
 
+    /// The most recently used entry of this cache's WasmEdge version and options (a hit
+    /// refreshes an entry's mtime), if any.
+    pub fn most_recent(&self) -> Option<PathBuf> {
+        let suffix = format!("{}.{}", self.key_of_sha(""), self.options.extension());
+        let ours = |p: &Path| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(&suffix));
+        self.entries().into_iter().filter(|(p, _, _)| ours(p)).max_by_key(|e| e.2).map(|e| e.0)
+    }
+
     /// Removes the least recently used entries (never `keep`) until the total fits the bound,
     /// and, after an hour, temp files that a dead compile left and lock files of failed ones.
     pub fn evict(&self, keep: Option<&Path>) {
@@ -593,6 +601,30 @@ mod tests {
             assert_ne!(other.key(&m), k, "{opts:?}");
         }
         assert_eq!(AotCache::new(&base.dir, 1, CompileOptions::default()).key(&m), k, "the bound is not part of the key");
+    }
+
+    #[test]
+    fn the_most_recent_entry_is_the_last_hit() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cache(d.path(), DEFAULT_MAX_BYTES);
+        assert_eq!(c.most_recent(), None, "no cache directory yet");
+        let set_age = |p: &Path, secs: u64| File::options().write(true).open(p).unwrap().set_modified(SystemTime::now() - Duration::from_secs(secs)).unwrap();
+        let a = c.get_or_compile(&exiting(1)).unwrap().path().unwrap().to_path_buf();
+        let b = c.get_or_compile(&exiting(2)).unwrap().path().unwrap().to_path_buf();
+        set_age(&a, 20);
+        set_age(&b, 10);
+        assert_eq!(c.most_recent().as_ref(), Some(&b));
+        // A hit refreshes the entry.
+        assert!(matches!(c.get_or_compile(&exiting(1)).unwrap(), Artifact::Hit(_)));
+        assert_eq!(c.most_recent().as_ref(), Some(&a));
+        // Newer files that are not this cache's entries do not count: another WasmEdge
+        // version's entry, a temp file, a lock file.
+        let stem = a.file_stem().unwrap().to_string_lossy().into_owned();
+        for name in [stem.replace(&c.version, "0.0.1") + ".wasm", format!("{TEMP_PREFIX}{stem}-1"), format!("{stem}.lock")] {
+            std::fs::write(c.dir.join(name), "x").unwrap();
+        }
+        set_age(&a, 5);
+        assert_eq!(c.most_recent().as_ref(), Some(&a));
     }
 
     #[test]

@@ -180,16 +180,65 @@ pub fn container_preopens(root: &Path, cwd: &Path) -> Vec<String> {
 /// In the fork server it keeps an AOT artifact that it was asked to run twice in a row loaded
 /// and validated ([`Payload::preload`]): the next container of that module, cloned from the
 /// fork server, finds it in its own copy of memory and skips loading it (the prepare stage
-/// of `setup_us` went from 250-480 µs to about 20 µs for hello.wasm). Twice, because holding a module costs the fork server about 0.4 MiB, which a
-/// pod that runs one long-lived container would pay for nothing. The artifact is recognised
+/// of `setup_us` went from 250-480 µs to about 20 µs for hello.wasm). Twice, because holding a
+/// module costs the fork server about 0.4 MiB, which a pod that runs one long-lived container
+/// would pay for nothing. A new pod's fork server starts with the module that the node fork
+/// server keeps for new pods ([`preload_for_new_pods`]), if any. The artifact is recognised
 /// by its path and file: the container opens the plan's artifact as before and uses the
 /// preloaded module only if it is the same path and the same file (device, inode and size),
 /// and the module's function the same. (Not the modification time: a cache hit refreshes it
 /// for the LRU order. The cache names entries by the module's sha256 and replaces them only
 /// by rename, so the same path and inode mean the same contents.)
-#[derive(Default)]
 pub struct WasmEdgePayload {
     preloaded: std::cell::RefCell<Option<Preloaded>>,
+}
+
+impl Default for WasmEdgePayload {
+    /// In a process forked from the node fork server (a pod's daemon), with the module it
+    /// kept for new pods; the process's copy of it is taken.
+    fn default() -> WasmEdgePayload {
+        WasmEdgePayload { preloaded: std::cell::RefCell::new(FOR_NEW_PODS.with(|p| p.borrow_mut().take())) }
+    }
+}
+
+thread_local! {
+    /// The node fork server's module for new pods ([`preload_for_new_pods`]). Its forks
+    /// inherit their copy (the main thread's), which their first payload takes.
+    static FOR_NEW_PODS: std::cell::RefCell<Option<Preloaded>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Artifacts bigger than this are not kept loaded for new pods: the node fork server would
+/// hold them for as long as they stay the most recent.
+pub const NEW_POD_PRELOAD_MAX_BYTES: u64 = 16 << 20;
+
+/// Run by the node fork server before it forks a standby: keeps the AOT cache's most recently
+/// used entry loaded, at `_start`, so that the first container of the next pod finds it loaded
+/// like a pod's later containers do (the "prepare" stage of a new pod's first Create was
+/// 350-520 µs, and about 20 µs preloaded). The most recent module is the best guess for the
+/// next pod; unlike a pod's fork server, no "twice" rule: every daemon and fork server forked
+/// from the node server shares its copy. A wrong guess costs nothing but the load here: the
+/// container checks the file and function, and loads its own module otherwise.
+pub fn preload_for_new_pods(cache: &aot::AotCache) {
+    const FUNC: &str = "_start";
+    let keep = |p: Option<Preloaded>| FOR_NEW_PODS.with(|c| *c.borrow_mut() = p);
+    let Some(path) = cache.most_recent() else { return keep(None) };
+    let Ok(mut f) = std::fs::File::open(&path) else { return keep(None) };
+    let Some(file) = FileId::of(&f) else { return keep(None) };
+    if FOR_NEW_PODS.with(|c| c.borrow().as_ref().is_some_and(|p| p.is(&path, file, FUNC))) {
+        return;
+    }
+    // The old one goes first: two modules are never held at once.
+    keep(None);
+    if file.size > NEW_POD_PRELOAD_MAX_BYTES {
+        return;
+    }
+    let mut bytes = Vec::new();
+    if f.read_to_end(&mut bytes).is_err() {
+        return;
+    }
+    if let Ok(module) = load_module_bytes(&bytes, &path, FUNC) {
+        keep(Some(Preloaded { path, file, func: FUNC.into(), module: Some(module) }));
+    }
 }
 
 struct Preloaded {
@@ -398,6 +447,33 @@ mod tests {
         assert_eq!(read_in_root(&rootfs, Path::new("/abs.wasm")).unwrap(), b"inside", "absolute links resolve in the rootfs");
         assert!(read_in_root(&rootfs, Path::new("/escape.wasm")).is_err(), "a link to a host path does not reach the host");
         assert!(read_in_root(&rootfs, Path::new("/app/dotdot.wasm")).is_err(), ".. stops at the rootfs");
+    }
+
+    #[test]
+    fn new_pods_get_the_most_recent_entry_once_per_process() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = aot::AotCache::new(d.path().join("aot"), aot::DEFAULT_MAX_BYTES, aot::CompileOptions::default());
+        preload_for_new_pods(&cache);
+        assert!(WasmEdgePayload::default().preloaded.borrow().is_none(), "an empty cache preloads nothing");
+        let wasm = wat::parse_str(EXIT).unwrap();
+        let entry = cache.get_or_compile(&wasm).unwrap().path().unwrap().to_path_buf();
+        preload_for_new_pods(&cache);
+        let payload = WasmEdgePayload::default();
+        {
+            let pre = payload.preloaded.borrow();
+            let pre = pre.as_ref().expect("the cache's entry, preloaded");
+            assert_eq!((pre.path.as_path(), pre.func.as_str(), pre.module.is_some()), (entry.as_path(), "_start", true));
+        }
+        assert!(WasmEdgePayload::default().preloaded.borrow().is_none(), "the first payload took it");
+        // A newer entry replaces it; an entry too big to keep is not loaded.
+        preload_for_new_pods(&cache);
+        let newer = cache.get_or_compile(&wat::parse_str(EXIT.replace("42", "7")).unwrap()).unwrap().path().unwrap().to_path_buf();
+        std::fs::File::options().write(true).open(&newer).unwrap().set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+        preload_for_new_pods(&cache);
+        assert_eq!(FOR_NEW_PODS.with(|p| p.borrow().as_ref().map(|p| p.path.clone())), Some(newer.clone()));
+        std::fs::File::options().append(true).open(&newer).unwrap().set_len(NEW_POD_PRELOAD_MAX_BYTES + 1).unwrap();
+        preload_for_new_pods(&cache);
+        assert!(WasmEdgePayload::default().preloaded.borrow().is_none(), "over the size bound");
     }
 
     #[test]

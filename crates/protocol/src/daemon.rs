@@ -31,16 +31,16 @@ pub fn node_socket(containerd_address: &str) -> PathBuf {
 /// The node fork server: binds `path`, then forks a shim daemon for every request: the
 /// child runs `prepare` (what needs no request: see [`prepare_daemon`]), then `daemon(prepared,
 /// args)`. Between requests it keeps one such child forked and prepared ahead, a standby, so
-/// a new pod's `start` waits for neither. Never returns on success; the process must still
-/// be single-threaded.
-pub fn run_node_server<S>(path: &Path, prepare: impl Fn() -> S, daemon: impl Fn(S, &[String]) -> i32) -> i32 {
+/// a new pod's `start` waits for neither; `ahead` runs before each standby is forked (see
+/// [`serve_forks`]). Never returns on success; the process must still be single-threaded.
+pub fn run_node_server<S>(path: &Path, ahead: impl Fn(), prepare: impl Fn() -> S, daemon: impl Fn(S, &[String]) -> i32) -> i32 {
     // Out of the way of whoever started it: its own session, no working directory to pin.
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
     let exe = std::env::args().next().unwrap_or_else(|| "containerd-shim-wasmedge-v1-daemon".into());
     let standby = [exe, "standby".into(), path.display().to_string()];
     match bind_server(path) {
-        Ok(Some((listener, _lock))) => serve_forks(listener, &standby, prepare, |p, req| daemon(p, &req.args)),
+        Ok(Some((listener, _lock))) => serve_forks(listener, &standby, ahead, prepare, |p, req| daemon(p, &req.args)),
         Ok(None) => 0,
         Err(e) => {
             eprintln!("{RUNTIME_ID}: node fork server: bind {}: {e}", path.display());

@@ -129,13 +129,16 @@ struct Standby {
 /// `standby_args` in `ps`) that has run `prepare` already: the next request goes to it, and
 /// neither the fork nor `prepare` is on that request's path. `prepare` must therefore not
 /// depend on the request (its environment and working directory are the server's).
-pub fn serve_forks<S>(listener: OwnedFd, standby_args: &[String], prepare: impl Fn() -> S, run: impl Fn(S, ForkRequest) -> i32) -> ! {
+/// `ahead` runs in the server before each standby is forked: what it leaves in memory, every
+/// later child inherits.
+pub fn serve_forks<S>(listener: OwnedFd, standby_args: &[String], ahead: impl Fn(), prepare: impl Fn() -> S, run: impl Fn(S, ForkRequest) -> i32) -> ! {
     // Children are reaped by the kernel: nobody waits for a shim daemon.
     // SAFETY: SIG_IGN installs no handler code.
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
     let mut standby: Option<Standby> = None;
     loop {
         if standby.is_none() && !readable(listener.as_fd(), STANDBY_IDLE_MS) {
+            ahead();
             standby = fork_standby(standby_args, &prepare, &run);
             continue;
         }

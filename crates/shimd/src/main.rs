@@ -11,9 +11,12 @@ fn main() {
         std::process::exit(code);
     }
     // `node-server PATH`: the node's fork server, forking a daemon per pod from this
-    // already-loaded process (the front starts it on demand).
+    // already-loaded process (the front starts it on demand). It keeps the AOT cache's most
+    // recently used module loaded for the next pod's fork server.
     if let (Some("node-server"), Some(path)) = (args.get(1).map(String::as_str), args.get(2)) {
-        std::process::exit(wshim_protocol::run_node_server(std::path::Path::new(path), prepare, daemon));
+        let cache = AotCache::from_env();
+        let ahead = || cache.iter().for_each(wshim_engine::preload_for_new_pods);
+        std::process::exit(wshim_protocol::run_node_server(std::path::Path::new(path), ahead, prepare, daemon));
     }
     std::process::exit(daemon(prepare(), &args));
 }
