@@ -51,8 +51,10 @@ demo: containerd-up bundles
 	$(IN_ENV) $(CTR) image import --all-platforms $(BUNDLES)/hello.tar
 	$(IN_ENV) $(CTR) run --rm --runtime $(RUNTIME) --platform wasi/wasm docker.io/wshim-test/hello:latest wshim-demo
 
-## test: every test (unit and end-to-end through the private containerd)
+## test: every test (unit and end-to-end through the private containerd); the benches are
+## compiled too, so that `make bench` cannot be broken unseen
 test: containerd-up bundles
+	$(IN_ENV) cargo build --release --workspace --benches
 	$(IN_ENV) cargo test --release --workspace --no-fail-fast; rc=$$?; \
 	$(IN_ENV) packaging/containerd/down.sh || rc=1; exit $$rc
 

@@ -61,7 +61,7 @@ fn whole_path(dir: &Path) {
     // Outside a container the module is at its host path.
     let host = b.rootfs.join(module.strip_prefix("/").unwrap());
     let loaded = load_module(&host, func).unwrap();
-    let out = run_module(loaded, &plan.args, &plan.env, &container_preopens(&plan.cwd)).unwrap();
+    let out = run_module(loaded, &plan.args, &plan.env, &container_preopens(Path::new("/"), &plan.cwd)).unwrap();
     assert_eq!(out, Outcome::Exited(0));
 }
 
@@ -80,7 +80,7 @@ fn create_to_start(dir: &Path, cache: Option<&AotCache>) -> Outcome {
     let host = b.rootfs.join(module.strip_prefix("/").unwrap());
     let artifact = plan.payload_file.as_ref().map(std::fs::File::open);
     let loaded = load_preferring_artifact(artifact, &host, func).unwrap();
-    run_module(loaded, &plan.args, &plan.env, &container_preopens(&plan.cwd)).unwrap()
+    run_module(loaded, &plan.args, &plan.env, &container_preopens(Path::new("/"), &plan.cwd)).unwrap()
 }
 
 fn aot_benches(c: &mut Criterion) {
