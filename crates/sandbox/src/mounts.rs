@@ -5,7 +5,7 @@ use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::stat::{makedev, mknod, umask, Mode, SFlag};
 use nix::unistd::{chdir, chown, pivot_root, Gid, Uid};
 
 use crate::error::{Ctx, SetupError, Step};
@@ -212,38 +212,45 @@ fn ensure_target(dest: &Path, dir: bool) -> Result<(), SetupError> {
 
 fn make_devices(plan: &Plan) -> Result<(), SetupError> {
     let dev = under(&plan.rootfs, Path::new("/dev"));
-    for d in &plan.devices {
-        make_device(&plan.rootfs, d).map_err(|e| SetupError::new(Step::Mounts, format!("device {}: {}", d.path.display(), e.message)))?;
+    // Nodes get exactly the spec's mode: mknod applies the umask (the spec's own comes later).
+    let umask_was = umask(Mode::empty());
+    let made = plan.devices.iter().try_for_each(|d| make_device(&plan.rootfs, d).map_err(|e| SetupError::new(Step::Mounts, format!("device {}: {}", d.path.display(), e.message))));
+    umask(umask_was);
+    made?;
+    // The links every Linux program expects under /dev. One already there (the rootfs's own
+    // /dev, or a container sharing this rootfs made it meanwhile) is kept.
+    let link = |target: &str, l: &Path, what: &str| match symlink(target, l) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        r => r.ctx(Step::Mounts, format!("symlink {what}")),
+    };
+    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        link(target, &dev.join(name), &format!("/dev/{name}"))?;
     }
-    // The links every Linux program expects under /dev.
-    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
-        let l = dev.join(link);
-        if l.symlink_metadata().is_err() {
-            match symlink(target, &l) {
-                // Made meanwhile by a container sharing this rootfs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                r => r.ctx(Step::Mounts, format!("symlink /dev/{link}"))?,
-            }
-        }
-    }
-    let ptmx = dev.join("ptmx");
-    if dev.join("pts").is_dir() && ptmx.symlink_metadata().is_err() {
-        symlink("pts/ptmx", &ptmx).ctx(Step::Mounts, "symlink /dev/ptmx")?;
+    if dev.join("pts").is_dir() {
+        link("pts/ptmx", &dev.join("ptmx"), "/dev/ptmx")?;
     }
     Ok(())
 }
 
+/// Makes the node `d` in the container's /dev; the caller has set the umask to 0.
 fn make_device(rootfs: &Path, d: &DevicePlan) -> Result<(), SetupError> {
     let dest = wshim_oci::resolve_in_root(rootfs, &d.path).ctx(Step::Mounts, "resolve")?;
-    if let Some(p) = dest.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(p).ctx(Step::Mounts, "mkdir")?;
-    }
     let kind = match d.kind {
         'b' => SFlag::S_IFBLK,
         'p' => SFlag::S_IFIFO,
         _ => SFlag::S_IFCHR,
     };
     let dev = makedev(d.major as u64, d.minor as u64);
+    let mode = Mode::from_bits_truncate(d.mode & 0o7777);
+    // The common case, a fresh /dev tmpfs: nothing there yet, the directory made, and the
+    // node ours (created by this process, root of the container). Else the long way below.
+    let ours = d.uid == nix::unistd::geteuid().as_raw() && d.gid == nix::unistd::getegid().as_raw();
+    if ours && mknod(&dest, kind, mode, dev).is_ok() {
+        return Ok(());
+    }
+    if let Some(p) = dest.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(p).ctx(Step::Mounts, "mkdir")?;
+    }
     // A node already there (a rootfs without a /dev tmpfs, shared by containers created at
     // the same time) is kept when it is this device, as runc keeps it; anything else there
     // is replaced.
@@ -254,19 +261,9 @@ fn make_device(rootfs: &Path, d: &DevicePlan) -> Result<(), SetupError> {
         return Ok(());
     }
     let _ = std::fs::remove_file(&dest);
-    match mknod(&dest, kind, Mode::from_bits_truncate(d.mode & 0o7777), dev) {
+    match mknod(&dest, kind, mode, dev) {
         Err(nix::errno::Errno::EEXIST) if is_this_device(&dest) => Ok(()),
-        Ok(()) => {
-            chown(&dest, Some(Uid::from_raw(d.uid)), Some(Gid::from_raw(d.gid))).ctx(Step::Mounts, "chown")?;
-            // mknod's mode is filtered by the umask; set it exactly.
-            nix::sys::stat::fchmodat(
-                nix::fcntl::AT_FDCWD,
-                &dest,
-                Mode::from_bits_truncate(d.mode & 0o7777),
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            )
-            .ctx(Step::Mounts, "chmod")
-        }
+        Ok(()) => chown(&dest, Some(Uid::from_raw(d.uid)), Some(Gid::from_raw(d.gid))).ctx(Step::Mounts, "chown"),
         // Where mknod is not allowed, bind the host's node, as runc does.
         Err(nix::errno::Errno::EPERM) => {
             std::fs::File::create(&dest).ctx(Step::Mounts, "create bind target")?;
