@@ -11,7 +11,7 @@ use containerd_shim::monitor::monitor_notify_by_pid;
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
 use containerd_shim::util::write_address;
 use containerd_shim::ExitSignal;
-use log::{error, info};
+use log::{error, info, warn};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGPIPE, SIGTERM};
@@ -134,8 +134,19 @@ fn serve(args: &[String], prepared: Prepared) -> Result<(), String> {
     info!(socket = path.as_str(), serving_us = t0.elapsed().as_micros() as u64; "shim daemon serving");
     std::thread::Builder::new().name("reaper".into()).spawn(move || reap(signals)).map_err(|e| format!("reaper thread: {e}"))?;
     exit.wait();
-    server.shutdown();
+    // No new connection from here on (a `start` that finds this socket reuses this shim).
     let _ = std::fs::remove_file(&path);
+    // ttrpc's shutdown lets the Shutdown reply out and joins its threads. Bounded: once, a
+    // connection thread of ttrpc 0.9's sync server never ended, the join hung and the daemon
+    // stayed after its last task, serving a socket whose bundle containerd had let go of.
+    let (done, joined) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = done.send(());
+    });
+    if joined.recv_timeout(SERVER_SHUTDOWN).is_err() {
+        warn!(within_s = SERVER_SHUTDOWN.as_secs(); "the ttrpc server did not shut down: exiting anyway");
+    }
     Ok(())
 }
 
@@ -154,6 +165,9 @@ fn signal_listening() {
     let _ = std::io::stdout().flush();
     let _ = nix::unistd::dup2_stdout(std::io::stderr());
 }
+
+/// How long the daemon waits for ttrpc's server to shut down before it exits anyway.
+const SERVER_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the daemon writes on its stdout once it listens (see [`signal_listening`]).
 pub(crate) const LISTENING: &[u8] = b"listening\n";
