@@ -84,6 +84,11 @@ impl Zygote {
         match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
             nix::unistd::ForkResult::Parent { child } => {
                 drop(theirs);
+                // The fork server has the payload now. Our copy is left as it is, not freed:
+                // what it holds (a module the node fork server loaded) shares its pages with
+                // that server, and freeing it would write to them and so copy them
+                // (memory.sh, 20 shims: 38.5-38.8 MB of PSS against 39.4 MB).
+                std::mem::forget(payload);
                 Ok(Zygote { sock: Mutex::new(ours), pid: child.as_raw() })
             }
             nix::unistd::ForkResult::Child => {
