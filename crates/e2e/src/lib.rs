@@ -300,3 +300,20 @@ pub fn with_events<T>(f: impl FnOnce() -> T) -> (T, String) {
     let seen = String::from_utf8_lossy(&events.wait_with_output().expect("ctr events output").stdout).into_owned();
     (out, seen)
 }
+
+/// Process `pid`'s command line, its arguments joined by spaces ("" once it is gone).
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
+}
+
+/// The parent of process `pid`, which must exist.
+pub fn ppid(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().parse().unwrap()
+}
+
+/// Fails unless process `pid` (named `what` in the message) has exactly one thread.
+pub fn assert_single_threaded(pid: i32, what: &str) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "Threads:\t1"), "{what} {pid}: {status}");
+}

@@ -191,9 +191,7 @@ fn a_pods_fork_server_preloads_only_for_the_same_module_and_function() {
         assert_eq!((r.code, r.stdout.as_str()), (0, out), "{id}: {r:?}");
     }
     // Loading modules in the fork server must leave it single-threaded (it forks).
-    let fork_server = fork_server_of(sandbox);
-    let status = std::fs::read_to_string(format!("/proc/{fork_server}/status")).unwrap();
-    assert!(status.lines().any(|l| l == "Threads:\t1"), "fork server {fork_server}: {status}");
+    assert_single_threaded(fork_server_of(sandbox), "fork server");
     kill_and_remove(sandbox);
 }
 
@@ -270,12 +268,9 @@ fn new_pods_get_the_node_servers_module_only_for_the_same_module_and_function() 
     let id = "e2e-newpod-sleeper";
     assert_eq!(run_detached(&["--platform", "wasi/wasm", &image("sleep")], id, &[], &[]).code, 0);
     wait_status(id, "RUNNING", 10);
-    let daemon = daemon_pids(id)[0];
-    let status = std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap();
-    let server: i32 = status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().parse().unwrap();
-    let server_status = std::fs::read_to_string(format!("/proc/{server}/status")).unwrap();
-    let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{server}/cmdline")).unwrap()).replace('\0', " ");
+    let server = ppid(daemon_pids(id)[0]);
+    let cmd = cmdline(server);
     assert!(cmd.contains(" node-server "), "the daemon's parent is the node fork server: {cmd}");
-    assert!(server_status.lines().any(|l| l == "Threads:\t1"), "node fork server {server}: {server_status}");
+    assert_single_threaded(server, "node fork server");
     kill_and_remove(id);
 }

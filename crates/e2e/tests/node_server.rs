@@ -7,15 +7,6 @@ use std::time::{Duration, Instant};
 
 use wshim_e2e::*;
 
-fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
-}
-
-fn ppid(pid: i32) -> i32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().parse().unwrap()
-}
-
 /// This checkout's node fork servers.
 fn node_servers() -> Vec<i32> {
     let daemon = repo().join("target/env/release/containerd-shim-wasmedge-v1-daemon node-server");

@@ -222,7 +222,7 @@ pub fn preload_for_new_pods(cache: &aot::AotCache) {
     const FUNC: &str = "_start";
     let keep = |p: Option<Preloaded>| FOR_NEW_PODS.with(|c| *c.borrow_mut() = p);
     let Some(path) = cache.most_recent() else { return keep(None) };
-    let Ok(mut f) = std::fs::File::open(&path) else { return keep(None) };
+    let Ok(f) = std::fs::File::open(&path) else { return keep(None) };
     let Some(file) = FileId::of(&f) else { return keep(None) };
     if FOR_NEW_PODS.with(|c| c.borrow().as_ref().is_some_and(|p| p.is(&path, file, FUNC))) {
         return;
@@ -232,12 +232,8 @@ pub fn preload_for_new_pods(cache: &aot::AotCache) {
     if file.size > NEW_POD_PRELOAD_MAX_BYTES {
         return;
     }
-    let mut bytes = Vec::new();
-    if f.read_to_end(&mut bytes).is_err() {
-        return;
-    }
-    if let Ok(module) = load_module_bytes(&bytes, &path, FUNC) {
-        keep(Some(Preloaded { path, file, func: FUNC.into(), module: Some(module) }));
+    if let Ok(loaded) = Preloaded::load(f, &path, file, FUNC, &path) {
+        keep(loaded);
     }
 }
 
@@ -250,6 +246,15 @@ struct Preloaded {
 }
 
 impl Preloaded {
+    /// The artifact open as `f` (the file `file` at `path`), loaded and validated for `func`;
+    /// `module` names it in errors. `Ok(None)`: it did not load (that is left to the
+    /// container, which reports why); `Err`: it could not be read.
+    fn load(mut f: std::fs::File, path: &Path, file: FileId, func: &str, module: &Path) -> std::io::Result<Option<Preloaded>> {
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes)?;
+        Ok(load_module_bytes(&bytes, module, func).ok().map(|m| Preloaded { path: path.to_path_buf(), file, func: func.into(), module: Some(m) }))
+    }
+
     /// Whether this is the artifact at `path`, the file `file`, run at `func`.
     fn is(&self, path: &Path, file: FileId, func: &str) -> bool {
         self.file == file && self.path == path && self.func == func
@@ -297,7 +302,7 @@ impl Payload for WasmEdgePayload {
 
     fn preload(&self, plan: &Plan) {
         let (Entrypoint::Wasm { module, func }, Some(artifact)) = (&plan.entry, &plan.payload_file) else { return };
-        let Ok(mut f) = std::fs::File::open(artifact) else { return };
+        let Ok(f) = std::fs::File::open(artifact) else { return };
         let Some(id) = FileId::of(&f) else { return };
         let mut pre = self.preloaded.borrow_mut();
         match pre.as_ref() {
@@ -309,12 +314,9 @@ impl Payload for WasmEdgePayload {
                 return;
             }
         }
-        let mut bytes = Vec::new();
-        if f.read_to_end(&mut bytes).is_err() {
-            return;
+        if let Ok(loaded) = Preloaded::load(f, artifact, id, func, module) {
+            *pre = loaded;
         }
-        // A module that does not load here is left to the container, which reports why.
-        *pre = load_module_bytes(&bytes, module, func).ok().map(|module| Preloaded { path: artifact.clone(), file: id, func: func.clone(), module: Some(module) });
     }
 
     fn run(&self, prepared: LoadedModule, plan: &Plan) -> (i32, Option<String>) {

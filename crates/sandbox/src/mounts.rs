@@ -214,7 +214,8 @@ fn make_devices(plan: &Plan) -> Result<(), SetupError> {
     let dev = under(&plan.rootfs, Path::new("/dev"));
     // Nodes get exactly the spec's mode: mknod applies the umask (the spec's own comes later).
     let umask_was = umask(Mode::empty());
-    let made = plan.devices.iter().try_for_each(|d| make_device(&plan.rootfs, d).map_err(|e| SetupError::new(Step::Mounts, format!("device {}: {}", d.path.display(), e.message))));
+    let ids = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    let made = plan.devices.iter().try_for_each(|d| make_device(&plan.rootfs, d, ids).map_err(|e| SetupError::new(Step::Mounts, format!("device {}: {}", d.path.display(), e.message))));
     umask(umask_was);
     made?;
     // The links every Linux program expects under /dev. One already there (the rootfs's own
@@ -232,8 +233,9 @@ fn make_devices(plan: &Plan) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Makes the node `d` in the container's /dev; the caller has set the umask to 0.
-fn make_device(rootfs: &Path, d: &DevicePlan) -> Result<(), SetupError> {
+/// Makes the node `d` in the container's /dev; the caller has set the umask to 0. `ids`:
+/// this process's effective uid and gid, which a node it makes gets.
+fn make_device(rootfs: &Path, d: &DevicePlan, ids: (u32, u32)) -> Result<(), SetupError> {
     let dest = wshim_oci::resolve_in_root(rootfs, &d.path).ctx(Step::Mounts, "resolve")?;
     let kind = match d.kind {
         'b' => SFlag::S_IFBLK,
@@ -244,8 +246,7 @@ fn make_device(rootfs: &Path, d: &DevicePlan) -> Result<(), SetupError> {
     let mode = Mode::from_bits_truncate(d.mode & 0o7777);
     // The common case, a fresh /dev tmpfs: nothing there yet, the directory made, and the
     // node ours (created by this process, root of the container). Else the long way below.
-    let ours = d.uid == nix::unistd::geteuid().as_raw() && d.gid == nix::unistd::getegid().as_raw();
-    if ours && mknod(&dest, kind, mode, dev).is_ok() {
+    if (d.uid, d.gid) == ids && mknod(&dest, kind, mode, dev).is_ok() {
         return Ok(());
     }
     if let Some(p) = dest.parent() {
