@@ -3,7 +3,6 @@
 //! from its own argv; and the node fork server itself, which forks daemons with WasmEdge
 //! already loaded.
 
-use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -116,36 +115,19 @@ fn serve(args: &[String], prepared: Prepared) -> Result<(), String> {
             bind(&path).map_err(|e| format!("listen on {path}: {e}"))?
         }
     };
-    // ttrpc's sync server keeps, per connection, a reader and a writer thread and between
-    // `min` and `max` idle request threads (refilled to `default` when fewer than `min` wait).
-    // containerd opens one connection per container and keeps a Wait request blocked on it,
-    // so with ttrpc's defaults (default 3, min 1, max 5) each container costs six threads
-    // here, five with these: 1000 fewer pids at 1000 containers (pid_max is 32 768 here).
-    // `min` stays 1: the Wait blocks one thread, and the next request needs another at once.
-    let mut server = containerd_shim::protos::ttrpc::Server::new()
-        .set_thread_count_min(1)
-        .set_thread_count_default(2)
-        .set_thread_count_max(3)
-        .add_listener(listener.into_raw_fd())
-        .map_err(|e| format!("ttrpc server: {e}"))?
-        .register_service(create_task(Arc::new(service)));
-    server.start().map_err(|e| format!("ttrpc server: {e}"))?;
+    // Our server over ttrpc's handlers (server.rs): a call is read, handled and answered by
+    // one thread.
+    let server = crate::server::serve(listener, create_task(Arc::new(service))).map_err(|e| format!("ttrpc server: {e}"))?;
     signal_listening();
     info!(socket = path.as_str(), serving_us = t0.elapsed().as_micros() as u64; "shim daemon serving");
     std::thread::Builder::new().name("reaper".into()).spawn(move || reap(signals)).map_err(|e| format!("reaper thread: {e}"))?;
     exit.wait();
     // No new connection from here on (a `start` that finds this socket reuses this shim).
     let _ = std::fs::remove_file(&path);
-    // ttrpc's shutdown lets the Shutdown reply out and joins its threads. Bounded: once, a
-    // connection thread of ttrpc 0.9's sync server never ended, the join hung and the daemon
-    // stayed after its last task, serving a socket whose bundle containerd had let go of.
-    let (done, joined) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        server.shutdown();
-        let _ = done.send(());
-    });
-    if joined.recv_timeout(SERVER_SHUTDOWN).is_err() {
-        warn!(within_s = SERVER_SHUTDOWN.as_secs(); "the ttrpc server did not shut down: exiting anyway");
+    // The Shutdown reply (and any other answer under way) goes out before we exit; bounded,
+    // so that a call that never ends cannot keep the daemon.
+    if !server.stop(SERVER_SHUTDOWN) {
+        warn!(within_s = SERVER_SHUTDOWN.as_secs(); "calls still open at shutdown: exiting anyway");
     }
     Ok(())
 }
@@ -166,7 +148,7 @@ fn signal_listening() {
     let _ = nix::unistd::dup2_stdout(std::io::stderr());
 }
 
-/// How long the daemon waits for ttrpc's server to shut down before it exits anyway.
+/// How long the daemon waits for open calls to be answered before it exits anyway.
 const SERVER_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the daemon writes on its stdout once it listens (see [`signal_listening`]).

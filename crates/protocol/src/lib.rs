@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod front;
 mod metrics;
+mod server;
 mod service;
 mod state;
 mod stdio;
