@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use containerd_shim::monitor::monitor_notify_by_pid;
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
 use containerd_shim::util::write_address;
 use containerd_shim::ExitSignal;
@@ -99,6 +98,7 @@ fn serve(args: &[String], prepared: Prepared) -> Result<(), String> {
     let exit = Arc::new(ExitSignal::default());
     // containerd's events address is connected to for the first event, on the events thread.
     let service = TaskService::new(zygote, flags.namespace.clone(), exit.clone());
+    let exits = service.clone();
 
     let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket).to_string();
     let listener = match bind(&path) {
@@ -120,7 +120,7 @@ fn serve(args: &[String], prepared: Prepared) -> Result<(), String> {
     let server = crate::server::serve(listener, create_task(Arc::new(service))).map_err(|e| format!("ttrpc server: {e}"))?;
     signal_listening();
     info!(socket = path.as_str(), serving_us = t0.elapsed().as_micros() as u64; "shim daemon serving");
-    std::thread::Builder::new().name("reaper".into()).spawn(move || reap(signals)).map_err(|e| format!("reaper thread: {e}"))?;
+    std::thread::Builder::new().name("reaper".into()).spawn(move || reap(signals, &exits)).map_err(|e| format!("reaper thread: {e}"))?;
     exit.wait();
     // No new connection from here on (a `start` that finds this socket reuses this shim).
     let _ = std::fs::remove_file(&path);
@@ -154,9 +154,10 @@ const SERVER_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 /// What the daemon writes on its stdout once it listens (see [`signal_listening`]).
 pub(crate) const LISTENING: &[u8] = b"listening\n";
 
-/// Reaps every child and tells the task service (through containerd_shim's monitor) which
-/// one exited and how: 128+N for a signal, as a shell reports it.
-fn reap(mut signals: Signals) {
+/// Reaps every child and tells the task service which one exited and how: 128+N for a
+/// signal, as a shell reports it. On this thread: handing exits to another one would cost a
+/// thread wake-up between a container's exit and its Wait's answer.
+fn reap(mut signals: Signals, service: &TaskService) {
     for sig in signals.forever() {
         if sig != SIGCHLD {
             // containerd stops a shim with Shutdown; signals to the daemon are ignored.
@@ -165,10 +166,10 @@ fn reap(mut signals: Signals) {
         loop {
             match waitpid(Some(Pid::from_raw(-1)), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => {
-                    let _ = monitor_notify_by_pid(pid.as_raw(), code);
+                    service.on_exit(pid.as_raw(), code);
                 }
                 Ok(WaitStatus::Signaled(pid, s, _)) => {
-                    let _ = monitor_notify_by_pid(pid.as_raw(), 128 + s as i32);
+                    service.on_exit(pid.as_raw(), 128 + s as i32);
                 }
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}

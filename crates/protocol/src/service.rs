@@ -12,7 +12,6 @@ use containerd_shim::api::{
     ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
     StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
-use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
@@ -97,24 +96,6 @@ impl TaskService {
                 next_token: AtomicU64::new(1),
             }),
         };
-        // Subscribe before any container exists, so that no exit is missed. containerd_shim's
-        // reaper reaps every child (the containers are ours through CLONE_PARENT).
-        match monitor_subscribe(Topic::Pid) {
-            Ok(sub) => {
-                let s = svc.clone();
-                std::thread::Builder::new()
-                    .name("exits".into())
-                    .spawn(move || {
-                        for ev in sub.rx.iter() {
-                            if let Subject::Pid(pid) = ev.subject {
-                                s.on_exit(pid, ev.exit_code);
-                            }
-                        }
-                    })
-                    .expect("spawn exit thread");
-            }
-            Err(e) => error!(error:% = e; "cannot watch container exits"),
-        }
         let s = svc.clone();
         std::thread::Builder::new().name("oom".into()).spawn(move || s.watch_oom()).expect("spawn oom thread");
         svc
@@ -168,7 +149,10 @@ impl TaskService {
         }
     }
 
-    fn on_exit(&self, pid: i32, code: i32) {
+    /// A child of the daemon exited with `code` (128+N for signal N): if it is a process of a
+    /// task, its exit is recorded, Wait returns and TaskExit is published. Called by the
+    /// daemon's reaper thread, right after waitpid.
+    pub fn on_exit(&self, pid: i32, code: i32) {
         if pid == self.inner.zygote.pid {
             error!(pid, exit_status = code; "the fork server exited; no new containers can be created");
             return;

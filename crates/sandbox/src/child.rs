@@ -175,6 +175,18 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
     // Nothing the fork server or the shim had open may reach the container (CVE-2024-21626).
     close_fds_except(sync.as_raw_fd())?;
 
+    if prepared.is_some() {
+        // The process is its pid namespace's init, which the kernel shields from every signal
+        // it has no handler for (SIGKILL aside). Handle the stopping signals the way a native
+        // program's default action would end it: exit 128+signal. Before Ready: the shim
+        // answers Start without waiting for us (Container::start), and a Kill right after
+        // that Start must find the handlers; one before Start ends the process too, as it
+        // ends a created runc container.
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            // SAFETY: the handler only calls _exit, which is async-signal-safe.
+            unsafe { libc::signal(s, exit_on_signal as *const () as libc::sighandler_t) };
+        }
+    }
     clock.ready = crate::monotonic_ns();
     send(sync.as_fd(), &ChildMsg::Ready(clock), &[]).ctx(Step::Prepare, "report ready")?;
     match recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()) {
@@ -195,14 +207,8 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
             Err(SetupError::new(Step::Exec, format!("{}: {e}", program.display())))
         }
         Some(prepared) => {
-            // The process is its pid namespace's init, which the kernel shields from every
-            // signal it has no handler for (SIGKILL aside). Handle the stopping signals the
-            // way a native program's default action would end it: exit 128+signal.
-            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                // SAFETY: the handler only calls _exit, which is async-signal-safe.
-                unsafe { libc::signal(s, exit_on_signal as *const () as libc::sighandler_t) };
-            }
-            send(sync.as_fd(), &ChildMsg::Started, &[]).ctx(Step::Prepare, "report started")?;
+            // Nothing can fail between Start and the payload's entry: no report, the shim
+            // does not wait for one.
             let (code, message) = payload.run(prepared, plan);
             if message.is_some() {
                 let _ = send(sync.as_fd(), &ChildMsg::Exited { code, message }, &[]);

@@ -37,6 +37,8 @@ pub struct Container {
     pub console: Option<OwnedFd>,
     /// The process was cloned straight into the cgroup's v2 directory (CLONE_INTO_CGROUP).
     pub into_cgroup: bool,
+    /// It runs a native program (execve at Start), not a wasm module.
+    native: bool,
     /// Where the setup's time went, for the log.
     pub timing: SetupTiming,
 }
@@ -158,7 +160,7 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
         match recv::<ChildMsg>(ours.as_fd(), MsgFlags::empty()) {
             Ok(Some((ChildMsg::Ready(clock), _))) => {
                 let timing = SetupTiming::new(t0, [t_cgroup, t_requested, received, cloned], clock);
-                return Ok(Container { pid, cgroup, sync: ours, console, into_cgroup: placed, timing });
+                return Ok(Container { pid, cgroup, sync: ours, console, into_cgroup: placed, native: plan.is_native(), timing });
             }
             Ok(Some((ChildMsg::Console, mut fds))) if fds.len() == 1 && console.is_none() => console = fds.pop(),
             Ok(Some((ChildMsg::Failed(e), _))) => break CreateError::Setup(e),
@@ -171,14 +173,20 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
 }
 
 impl Container {
-    /// Lets the process run its payload. Returns once it runs: for a native program once
-    /// execve succeeded, for a wasm module once it was entered.
+    /// Lets the process run its payload. For a native program, returns once execve
+    /// succeeded (or with its error). A wasm process has nothing left that can fail before
+    /// its module is entered (its signal handlers are in place since Ready), so this returns
+    /// once the message is sent: waiting for the process to say so would cost the caller a
+    /// wake-up of the process and one of its own.
     pub fn start(&self) -> Result<(), CreateError> {
         let pid = self.pid;
         send(self.sync.as_fd(), &ParentMsg::Start, &[]).map_err(|source| CreateError::Sync { pid, source })?;
+        if !self.native {
+            return Ok(());
+        }
         match recv::<ChildMsg>(self.sync.as_fd(), MsgFlags::empty()) {
             // EOF: the close-on-exec socket went with a successful execve.
-            Ok(None) | Ok(Some((ChildMsg::Started, _))) => Ok(()),
+            Ok(None) => Ok(()),
             Ok(Some((ChildMsg::Failed(e), _))) => Err(e.into()),
             Ok(Some((other, _))) => Err(CreateError::Sync { pid, source: std::io::Error::other(format!("unexpected {other:?}")) }),
             Err(source) => Err(CreateError::Sync { pid, source }),

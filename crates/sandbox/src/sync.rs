@@ -22,8 +22,6 @@ pub(crate) enum ChildMsg {
     Ready(crate::SetupClock),
     /// Setup failed; the child exits.
     Failed(SetupError),
-    /// A non-exec payload began running (a native exec reports by closing the socket).
-    Started,
     /// The payload ended with a message for the shim's log (a trap, say).
     Exited { code: i32, message: Option<String> },
 }
