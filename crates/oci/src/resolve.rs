@@ -12,40 +12,64 @@ pub enum ResolveError {
 /// `..` never leave `root`. Returns the host path. A missing final component is not an error
 /// here (the caller decides); a missing directory on the way is.
 pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, ResolveError> {
-    let mut done = PathBuf::from("/");
-    let mut links = 0;
-    // The components still to walk, the next one last.
-    let mut stack: Vec<String> = Vec::new();
-    push_components(&mut stack, path);
-    while let Some(comp) = stack.pop() {
-        match comp.as_str() {
-            "" | "." => continue,
-            ".." => {
-                done.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let candidate = done.join(&comp);
-        let host = root.join(candidate.strip_prefix("/").unwrap_or(&candidate));
-        match std::fs::symlink_metadata(&host) {
-            Ok(md) if md.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(ResolveError::Loop { path: path.to_path_buf() });
-                }
-                let target = std::fs::read_link(&host).map_err(|source| ResolveError::Io { path: host.clone(), source })?;
-                if target.is_absolute() {
-                    done = PathBuf::from("/");
-                }
-                push_components(&mut stack, &target);
-            }
-            Ok(_) => done = candidate,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => done = candidate,
-            Err(source) => return Err(ResolveError::Io { path: host, source }),
-        }
+    RootDir::open(root).map_err(|source| ResolveError::Io { path: root.to_path_buf(), source })?.resolve(path)
+}
+
+/// A container's root directory, held open so that paths in it are looked up from it, not
+/// from the host's `/` down through every component of the root's own path (a bundle's
+/// rootfs is six or seven components deep, and a container's setup resolves a dozen paths).
+pub struct RootDir {
+    path: PathBuf,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RootDir {
+    pub fn open(root: &Path) -> std::io::Result<RootDir> {
+        let f = std::fs::File::open(root)?;
+        Ok(RootDir { path: root.to_path_buf(), fd: f.into() })
     }
-    Ok(root.join(done.strip_prefix("/").unwrap_or(&done)))
+
+    /// [`resolve_in_root`] in this root.
+    pub fn resolve(&self, path: &Path) -> Result<PathBuf, ResolveError> {
+        use nix::fcntl::readlinkat;
+        use nix::sys::stat::{fstatat, SFlag};
+        let root = &self.path;
+        // Relative to the root: "" is the root itself.
+        let mut done = PathBuf::new();
+        let mut links = 0;
+        // The components still to walk, the next one last.
+        let mut stack: Vec<String> = Vec::new();
+        push_components(&mut stack, path);
+        while let Some(comp) = stack.pop() {
+            match comp.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let candidate = done.join(&comp);
+            let host = || root.join(&candidate);
+            match fstatat(&self.fd, &candidate, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits() => {
+                    links += 1;
+                    if links > 40 {
+                        return Err(ResolveError::Loop { path: path.to_path_buf() });
+                    }
+                    let target = readlinkat(&self.fd, &candidate).map_err(|e| ResolveError::Io { path: host(), source: e.into() })?;
+                    let target = PathBuf::from(target);
+                    if target.is_absolute() {
+                        done = PathBuf::new();
+                    }
+                    push_components(&mut stack, &target);
+                }
+                Ok(_) | Err(nix::errno::Errno::ENOENT) => done = candidate,
+                Err(e) => return Err(ResolveError::Io { path: host(), source: e.into() }),
+            }
+        }
+        Ok(root.join(done))
+    }
 }
 
 fn push_components(stack: &mut Vec<String>, p: &Path) {
@@ -84,5 +108,23 @@ mod tests {
         symlink("/b", d.path().join("a")).unwrap();
         symlink("/a", d.path().join("b")).unwrap();
         assert!(matches!(resolve_in_root(d.path(), Path::new("/a")), Err(ResolveError::Loop { .. })));
+    }
+
+    #[test]
+    fn relative_links_dotdot_and_missing_parts_resolve_from_the_open_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        symlink("usr/lib", root.join("lib")).unwrap();
+        symlink("../../..", root.join("usr/lib/up")).unwrap();
+        std::fs::write(root.join("file"), b"x").unwrap();
+        let r = RootDir::open(root).unwrap();
+        assert_eq!(r.resolve(Path::new("/lib/x.so")).unwrap(), root.join("usr/lib/x.so"));
+        assert_eq!(r.resolve(Path::new("lib/up/etc")).unwrap(), root.join("etc"));
+        assert_eq!(r.resolve(Path::new("/")).unwrap(), root.to_path_buf());
+        assert_eq!(r.resolve(Path::new("/missing/dir")).unwrap(), root.join("missing/dir"));
+        // A file on the way is an error naming the host path (ENOTDIR).
+        let e = r.resolve(Path::new("/file/below")).unwrap_err().to_string();
+        assert!(e.contains(&root.join("file/below").display().to_string()), "{e}");
     }
 }

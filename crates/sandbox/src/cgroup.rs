@@ -34,11 +34,18 @@ pub struct Cgroup {
     pub mode: CgroupMode,
     /// (hierarchy name, directory), e.g. ("memory", /sys/fs/cgroup/memory/default/c1).
     pub dirs: Vec<(String, PathBuf)>,
+    /// On v1: the `unified` hierarchy is a cgroup2 mount (a hybrid host), which a process
+    /// can be cloned into.
+    unified_v2: bool,
 }
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io { path: path.to_path_buf(), op, source }
 }
+
+/// What [`hierarchies`] finds: the mode, the hierarchies (name, directory), and whether a v1
+/// root's `unified` hierarchy is a cgroup2 mount.
+type Listing = (CgroupMode, Vec<(String, PathBuf)>, bool);
 
 /// The cgroup mode of `root` and, on v1, its hierarchies (name, directory), each once
 /// (co-mounted controllers show up twice: cpu -> cpu,cpuacct). Listing them takes some
@@ -46,9 +53,8 @@ fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Cg
 /// directory is the same one, unmodified (device, inode, modification time; the time moves
 /// in clock ticks, so a change within the tick of a listing goes unseen, which a cgroupfs
 /// root, changed only by mounting hierarchies, does not meet).
-fn hierarchies(root: &Path) -> Result<(CgroupMode, Vec<(String, PathBuf)>), CgroupError> {
+fn hierarchies(root: &Path) -> Result<Listing, CgroupError> {
     use std::os::unix::fs::MetadataExt;
-    type Listing = (CgroupMode, Vec<(String, PathBuf)>);
     static KNOWN: std::sync::Mutex<Vec<(PathBuf, (u64, u64, i64, i64), Listing)>> = std::sync::Mutex::new(Vec::new());
     let st = std::fs::metadata(root).map_err(io(root, "stat"))?;
     let stamp = (st.dev(), st.ino(), st.mtime(), st.mtime_nsec());
@@ -75,9 +81,12 @@ fn hierarchies(root: &Path) -> Result<(CgroupMode, Vec<(String, PathBuf)>), Cgro
             return Err(CgroupError::NoHierarchy(root.to_path_buf()));
         }
     }
+    // Only the cgroup2 mount has cgroup.controllers (empty on a hybrid host).
+    let unified_v2 = mode == CgroupMode::V1 && root.join("unified/cgroup.controllers").exists();
+    let listing = (mode, found, unified_v2);
     known.retain(|(r, _, _)| r != root);
-    known.push((root.to_path_buf(), stamp, (mode, found.clone())));
-    Ok((mode, found))
+    known.push((root.to_path_buf(), stamp, listing.clone()));
+    Ok(listing)
 }
 
 /// The device rules runc appends to every container's (libcontainer's AllowedDevices): mknod
@@ -104,12 +113,12 @@ impl Cgroup {
     /// The directories `rel` has (or would have) under `root`, without touching anything.
     pub fn locate(root: &Path, rel: &str) -> Result<Cgroup, CgroupError> {
         let rel = rel.trim_start_matches('/');
-        let (mode, hierarchies) = hierarchies(root)?;
+        let (mode, hierarchies, unified_v2) = hierarchies(root)?;
         let dirs = match mode {
             CgroupMode::V2 => vec![(String::new(), root.join(rel))],
             CgroupMode::V1 => hierarchies.into_iter().map(|(name, h)| (name, h.join(rel))).collect(),
         };
-        Ok(Cgroup { mode, dirs })
+        Ok(Cgroup { mode, dirs, unified_v2 })
     }
 
     /// Creates the cgroup under `root` and applies `resources`. Only directories below `root`
@@ -138,7 +147,7 @@ impl Cgroup {
             }
             enable_v2_controllers(root, rel.trim_start_matches('/'), resources)?;
         }
-        for (_, dir) in cg.early_dirs(root) {
+        for (_, dir) in cg.early_dirs() {
             make_dirs(root, dir, false)?;
         }
         if let (CgroupMode::V2, Some(r)) = (cg.mode, resources) {
@@ -158,7 +167,7 @@ impl Cgroup {
         if !self.has_late() {
             return Ok(());
         }
-        let early: Vec<&Path> = self.early_dirs(root).map(|(_, d)| d).collect();
+        let early: Vec<&Path> = self.early_dirs().map(|(_, d)| d).collect();
         for (name, dir) in self.dirs.iter().filter(|(_, d)| !early.contains(&d.as_path())) {
             let hierarchy = dir.ancestors().find(|a| a.parent() == Some(root)).unwrap_or(root);
             make_dirs(hierarchy, dir, name == "cpuset")?;
@@ -173,11 +182,10 @@ impl Cgroup {
 
     /// The directories [`Cgroup::create_early`] makes: v2's (on a hybrid host the `unified`
     /// hierarchy's, where that is a cgroup2 mount).
-    fn early_dirs<'a>(&'a self, root: &'a Path) -> impl Iterator<Item = (&'a str, &'a Path)> + 'a {
-        let unified_is_v2 = self.mode == CgroupMode::V1 && root.join("unified/cgroup.controllers").exists();
+    fn early_dirs(&self) -> impl Iterator<Item = (&str, &Path)> + '_ {
         self.dirs
             .iter()
-            .filter(move |(name, _)| self.mode == CgroupMode::V2 || (unified_is_v2 && name == "unified"))
+            .filter(move |(name, _)| self.mode == CgroupMode::V2 || (self.unified_v2 && name == "unified"))
             .map(|(n, d)| (n.as_str(), d.as_path()))
     }
 
@@ -191,8 +199,7 @@ impl Cgroup {
     pub fn v2_dir(&self) -> Option<&Path> {
         match self.mode {
             CgroupMode::V2 => self.dirs.first().map(|(_, d)| d.as_path()),
-            // Only the cgroup2 mount has cgroup.controllers (empty on a hybrid host).
-            CgroupMode::V1 => self.dir("unified").filter(|d| d.join("cgroup.controllers").exists()),
+            CgroupMode::V1 => self.dir("unified").filter(|_| self.unified_v2),
         }
     }
 
@@ -504,16 +511,32 @@ fn wants_cpuset(r: Option<&LinuxResources>) -> bool {
 /// Creates `dir` and its missing ancestors below `top`. New cpuset directories start empty
 /// in v1 and refuse members, so each new one copies its parent's cpus and mems.
 fn make_dirs(top: &Path, dir: &Path, cpuset: bool) -> Result<(), CgroupError> {
-    let missing: Vec<&Path> = dir.ancestors().take_while(|a| *a != top && !a.exists()).collect();
+    // Usually only `dir` is missing: one mkdir, no lookups first.
+    let missing: Vec<&Path> = match std::fs::create_dir(dir) {
+        Ok(()) => {
+            copy_cpuset(dir, cpuset)?;
+            return Ok(());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => dir.ancestors().take_while(|a| *a != top && !a.exists()).collect(),
+        Err(e) => return Err(io(dir, "create")(e)),
+    };
     for d in missing.into_iter().rev() {
         std::fs::create_dir(d).map_err(io(d, "create"))?;
-        if cpuset {
-            let parent = d.parent().expect("below top");
-            for f in ["cpuset.cpus", "cpuset.mems"] {
-                if let Ok(v) = std::fs::read_to_string(parent.join(f)) {
-                    write(d, f, v.trim())?;
-                }
-            }
+        copy_cpuset(d, cpuset)?;
+    }
+    Ok(())
+}
+
+/// A new v1 cpuset directory `d` gets its parent's cpus and mems.
+fn copy_cpuset(d: &Path, cpuset: bool) -> Result<(), CgroupError> {
+    if !cpuset {
+        return Ok(());
+    }
+    let parent = d.parent().expect("below top");
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        if let Ok(v) = std::fs::read_to_string(parent.join(f)) {
+            write(d, f, v.trim())?;
         }
     }
     Ok(())
@@ -676,8 +699,10 @@ mod tests {
         let cg = Cgroup::locate(t.path(), "/default/c1").unwrap();
         // A v1 hierarchy named `unified` that is not cgroup2 (no cgroup.controllers): none.
         assert_eq!(cg.v2_dir(), None);
-        std::fs::create_dir_all(t.path().join("unified/default/c1")).unwrap();
-        std::fs::write(t.path().join("unified/default/c1/cgroup.controllers"), "").unwrap();
+        // A hybrid host: `unified` is a cgroup2 mount (it has cgroup.controllers).
+        let t = v1_tree();
+        std::fs::write(t.path().join("unified/cgroup.controllers"), "").unwrap();
+        let cg = Cgroup::locate(t.path(), "/default/c1").unwrap();
         assert_eq!(cg.v2_dir(), Some(t.path().join("unified/default/c1").as_path()));
         let joins = cg.join_files();
         assert!(joins.contains(&t.path().join("unified/default/c1/cgroup.procs")), "{joins:?}");

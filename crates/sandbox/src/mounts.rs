@@ -52,11 +52,15 @@ pub(crate) fn setup_rootfs(plan: &Plan) -> Result<(), SetupError> {
     // pivot_root needs the new root to be a mount point.
     mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .ctx(Step::Mounts, format!("bind {} onto itself", rootfs.display()))?;
+    // Paths in the root are looked up from it. Opened after the bind: an fd from before
+    // would be below it, and not see the mounts made on it next.
+    let root = wshim_oci::RootDir::open(rootfs).ctx(Step::Mounts, format!("open {}", rootfs.display()))?;
 
     for (i, m) in plan.mounts.iter().enumerate() {
-        mount_one(plan, m).map_err(|e| SetupError::new(Step::Mounts, format!("mounts[{i}] ({}): {}", m.destination.display(), e.message)))?;
+        mount_one(plan, &root, m).map_err(|e| SetupError::new(Step::Mounts, format!("mounts[{i}] ({}): {}", m.destination.display(), e.message)))?;
     }
-    make_devices(plan)?;
+    make_devices(plan, &root)?;
+    drop(root);
 
     // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the
     // container's tree. The old root is made rslave first so the detach stays here.
@@ -88,8 +92,8 @@ pub(crate) fn protect_paths(plan: &Plan) -> Result<(), SetupError> {
     Ok(())
 }
 
-fn mount_one(plan: &Plan, m: &MountPlan) -> Result<(), SetupError> {
-    let dest = wshim_oci::resolve_in_root(&plan.rootfs, &m.destination).ctx(Step::Mounts, "resolve destination")?;
+fn mount_one(plan: &Plan, root: &wshim_oci::RootDir, m: &MountPlan) -> Result<(), SetupError> {
+    let dest = root.resolve(&m.destination).ctx(Step::Mounts, "resolve destination")?;
     let flags = MsFlags::from_bits_truncate(m.flags);
     let data = (!m.data.is_empty()).then_some(m.data.as_str());
 
@@ -210,12 +214,12 @@ fn ensure_target(dest: &Path, dir: bool) -> Result<(), SetupError> {
     }
 }
 
-fn make_devices(plan: &Plan) -> Result<(), SetupError> {
+fn make_devices(plan: &Plan, root: &wshim_oci::RootDir) -> Result<(), SetupError> {
     let dev = under(&plan.rootfs, Path::new("/dev"));
     // Nodes get exactly the spec's mode: mknod applies the umask (the spec's own comes later).
     let umask_was = umask(Mode::empty());
     let ids = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-    let made = plan.devices.iter().try_for_each(|d| make_device(&plan.rootfs, d, ids).map_err(|e| SetupError::new(Step::Mounts, format!("device {}: {}", d.path.display(), e.message))));
+    let made = plan.devices.iter().try_for_each(|d| make_device(root, d, ids).map_err(|e| SetupError::new(Step::Mounts, format!("device {}: {}", d.path.display(), e.message))));
     umask(umask_was);
     made?;
     // The links every Linux program expects under /dev. One already there (the rootfs's own
@@ -235,8 +239,8 @@ fn make_devices(plan: &Plan) -> Result<(), SetupError> {
 
 /// Makes the node `d` in the container's /dev; the caller has set the umask to 0. `ids`:
 /// this process's effective uid and gid, which a node it makes gets.
-fn make_device(rootfs: &Path, d: &DevicePlan, ids: (u32, u32)) -> Result<(), SetupError> {
-    let dest = wshim_oci::resolve_in_root(rootfs, &d.path).ctx(Step::Mounts, "resolve")?;
+fn make_device(root: &wshim_oci::RootDir, d: &DevicePlan, ids: (u32, u32)) -> Result<(), SetupError> {
+    let dest = root.resolve(&d.path).ctx(Step::Mounts, "resolve")?;
     let kind = match d.kind {
         'b' => SFlag::S_IFBLK,
         'p' => SFlag::S_IFIFO,
@@ -274,20 +278,28 @@ fn make_device(rootfs: &Path, d: &DevicePlan, ids: (u32, u32)) -> Result<(), Set
     }
 }
 
+/// A directory gets an empty read-only tmpfs, anything else /dev/null; a missing path is
+/// skipped. Tried in that order rather than looked at first: one syscall for a directory.
 fn mask_path(p: &Path) -> Result<(), SetupError> {
-    match std::fs::metadata(p) {
-        Err(_) => Ok(()),
-        Ok(md) if md.is_dir() => mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
-            .ctx(Step::Mounts, format!("maskedPaths {}", p.display())),
-        Ok(_) => mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>).ctx(Step::Mounts, format!("maskedPaths {}", p.display())),
+    use nix::errno::Errno;
+    let what = || format!("maskedPaths {}", p.display());
+    match mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::ENOTDIR) => match mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e).ctx(Step::Mounts, what()),
+        },
+        Err(e) => Err(e).ctx(Step::Mounts, what()),
     }
 }
 
 fn readonly_path(p: &Path) -> Result<(), SetupError> {
-    if !p.exists() {
-        return Ok(());
+    match mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
+        Ok(()) => {}
+        // Missing: nothing to protect.
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e).ctx(Step::Mounts, format!("readonlyPaths {}", p.display())),
     }
-    mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).ctx(Step::Mounts, format!("readonlyPaths {}", p.display()))?;
     // Read-only, and otherwise as it was (runc's way): nosuid, nodev and noexec stay only
     // where the mount already had them, so a read-only path of programs still runs them.
     use nix::sys::statvfs::{statvfs, FsFlags};
