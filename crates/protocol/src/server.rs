@@ -288,6 +288,7 @@ mod tests {
     use containerd_shim::protos::shim::shim::{ConnectRequest, ConnectResponse, KillRequest, StateRequest, StateResponse, WaitRequest, WaitResponse};
     use containerd_shim::protos::shim::shim_ttrpc::{create_task, Task, TaskClient};
     use containerd_shim::api::Empty;
+    use std::path::Path;
     use std::sync::mpsc;
 
     /// Wait blocks until Kill; State and Connect answer at once (Connect with the number of
@@ -335,18 +336,23 @@ mod tests {
         (server, format!("unix://{}", path.display()))
     }
 
-    use std::path::Path;
+    /// A Wait sent on `client` from a thread of its own, blocked in the service by the time
+    /// this returns; its exit status comes on the channel once Kill releases it.
+    fn blocked_wait(client: &TaskClient) -> mpsc::Receiver<ttrpc::Result<u32>> {
+        let waiting = client.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(waiting.wait(ctx(), &WaitRequest::default()).map(|r| r.exit_status)));
+        std::thread::sleep(Duration::from_millis(100));
+        rx
+    }
 
     #[test]
     fn a_blocked_call_holds_only_its_own_thread_and_threads_do_not_pile_up() {
         let dir = tempfile::tempdir().unwrap();
         let (server, addr) = start(dir.path());
         let client = TaskClient::new(ttrpc::Client::connect(&addr).unwrap());
-        let waiting = client.clone();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || tx.send(waiting.wait(ctx(), &WaitRequest::default()).map(|r| r.exit_status)));
         // The Wait is in and blocked: later calls on the same connection are still answered.
-        std::thread::sleep(Duration::from_millis(100));
+        let rx = blocked_wait(&client);
         for i in 0..50 {
             let id = format!("t{i}");
             assert_eq!(client.state(ctx(), &StateRequest { id: id.clone(), ..Default::default() }).unwrap().id, id);
@@ -409,10 +415,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (server, addr) = start(dir.path());
         let client = TaskClient::new(ttrpc::Client::connect(&addr).unwrap());
-        let waiting = client.clone();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || tx.send(waiting.wait(ctx(), &WaitRequest::default()).map(|r| r.exit_status)));
-        std::thread::sleep(Duration::from_millis(100));
+        let rx = blocked_wait(&client);
         let killer = client.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
@@ -437,8 +440,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (server, addr) = start(dir.path());
         let client = TaskClient::new(ttrpc::Client::connect(&addr).unwrap());
-        std::thread::spawn(move || client.wait(ctx(), &WaitRequest::default()));
-        std::thread::sleep(Duration::from_millis(100));
+        let _never = blocked_wait(&client);
         let t = Instant::now();
         assert!(!server.stop(Duration::from_millis(200)));
         assert!(t.elapsed() >= Duration::from_millis(200));
