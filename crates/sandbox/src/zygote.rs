@@ -159,7 +159,14 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
         // SAFETY: restoring the default disposition installs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigDfl) };
     }
+    let mut nets = SpareNet::new();
     loop {
+        if let Some(n) = nets.as_mut().filter(|n| n.wanted()) {
+            // Only while no request waits.
+            if !readable(sock.as_fd(), SPARE_NET_IDLE_MS) {
+                n.make();
+            }
+        }
         let (mut req, mut fds) = match recv::<ZygoteMsg>(sock.as_fd(), MsgFlags::empty()) {
             Ok(Some((ZygoteMsg::Spawn(req), fds))) => (req, fds),
             Ok(Some((ZygoteMsg::Rename(args), _))) => {
@@ -189,7 +196,18 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
                 }
             },
         };
-        let flags = req.plan.clone_flags().bits() | libc::CLONE_PARENT | libc::SIGCHLD;
+        let mut flags = req.plan.clone_flags().bits() | libc::CLONE_PARENT | libc::SIGCHLD;
+        // A new network namespace made ahead, entered around the clone. Not for a container
+        // in a user namespace (new or joined): that one must own its network namespace, or
+        // its root may not set its sysctls, nor may another container of it join it.
+        let new_net = flags & libc::CLONE_NEWNET != 0 && !req.plan.in_userns();
+        let in_spare = match nets.as_mut() {
+            Some(n) if new_net => n.enter(),
+            _ => false,
+        };
+        if in_spare {
+            flags &= !libc::CLONE_NEWNET;
+        }
         // SAFETY: a raw clone without CLONE_VM or a new stack behaves like fork(2): the child
         // gets a copy of this single-threaded process and returns 0 here. CLONE_PARENT makes
         // the shim, not this server, its parent, so the shim reaps it and sees its status.
@@ -223,6 +241,16 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
         drop(cgroup_dir);
         drop(child_sync);
         drop(stdio);
+        if let Some(n) = nets.as_mut() {
+            if in_spare {
+                if let Err(e) = n.leave() {
+                    // Later containers would share that namespace: stop serving.
+                    let _ = send(sock.as_fd(), &SpawnReply::Error(format!("fork server: return to own network namespace: {e}")), &[]);
+                    unsafe_exit(1);
+                }
+            }
+            n.asked(new_net);
+        }
         if let Some(own) = join_pid {
             if let Err(e) = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID) {
                 // Later containers would land in the wrong pid namespace: stop serving.
@@ -338,6 +366,84 @@ fn clone_into_cgroup(flags: libc::c_int, cgroup: std::os::fd::BorrowedFd<'_>) ->
 }
 
 /// Makes `path` the pid namespace of our next child; returns our own, to go back to.
+/// How long the fork server must have been idle before it makes a spare network namespace.
+const SPARE_NET_IDLE_MS: u16 = 2;
+
+/// A network namespace made ahead, while the fork server is idle, for the next container
+/// that asks for a new one. Making one (`unshare`: a loopback device, sysctl tables, every
+/// protocol's per-namespace state) takes most of a millisecond here; entering a made one
+/// for the clone and coming back, two `setns`. The new one is no different: no interface
+/// up, owned by the initial user namespace, like one made by clone(CLONE_NEWNET) here.
+/// One is made before the first request (a standby's first container is a new pod's, whose
+/// sandbox gets a new network namespace) and then only while requests keep asking for new
+/// ones (twice in a row): a pod whose other containers join its sandbox's, or a shim of one
+/// container, keeps no spare.
+struct SpareNet {
+    own: std::fs::File,
+    spare: Option<std::fs::File>,
+    /// A request has been served.
+    served: bool,
+    /// The last requests in a row that asked for a new network namespace (counted up to 2).
+    streak: u32,
+    /// Making one failed once: clone makes them from then on.
+    failed: bool,
+}
+
+impl SpareNet {
+    fn new() -> Option<SpareNet> {
+        let own = std::fs::File::open("/proc/thread-self/ns/net").ok()?;
+        Some(SpareNet { own, spare: None, served: false, streak: 0, failed: false })
+    }
+
+    /// Whether to make a spare: none held, and before the first request or after two in a
+    /// row that asked for a new network namespace.
+    fn wanted(&self) -> bool {
+        self.spare.is_none() && !self.failed && (!self.served || self.streak >= 2)
+    }
+
+    /// Makes the spare; this process is back in its own namespace afterwards (or exits).
+    fn make(&mut self) {
+        use nix::sched::{setns, unshare, CloneFlags};
+        if unshare(CloneFlags::CLONE_NEWNET).is_err() {
+            self.failed = true;
+            return;
+        }
+        let made = std::fs::File::open("/proc/thread-self/ns/net");
+        if setns(self.own.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+            // Containers would share this namespace.
+            unsafe_exit(1);
+        }
+        match made {
+            Ok(f) => self.spare = Some(f),
+            Err(_) => self.failed = true,
+        }
+    }
+
+    /// Enters the spare, if there is one, for the clone that follows: the child keeps it,
+    /// and [`SpareNet::leave`] brings this process back. False if it could not.
+    fn enter(&mut self) -> bool {
+        let Some(spare) = self.spare.take() else { return false };
+        nix::sched::setns(spare.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+    }
+
+    fn leave(&self) -> nix::Result<()> {
+        nix::sched::setns(self.own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+    }
+
+    /// A request was served that asked for a new network namespace, or not.
+    fn asked(&mut self, new_net: bool) {
+        self.served = true;
+        self.streak = if new_net { (self.streak + 1).min(2) } else { 0 };
+    }
+}
+
+/// Whether a message waits on `sock` within `ms` milliseconds (an error counts as one).
+fn readable(sock: std::os::fd::BorrowedFd<'_>, ms: u16) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+    !matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(0))
+}
+
 fn enter_pid_ns(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     let own = std::fs::File::open("/proc/self/ns/pid")?;
     let target = std::fs::File::open(path)?;
@@ -349,4 +455,46 @@ fn unsafe_exit(code: i32) -> ! {
     // SAFETY: _exit ends the process without running the shim's atexit handlers or
     // destructors, which belong to the parent.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The network namespace this thread is in, by inode.
+    fn current_net() -> u64 {
+        std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+    }
+
+    #[test]
+    fn a_spare_network_namespace_is_made_when_idle_entered_for_one_clone_and_left() {
+        // On a thread of its own: setns and unshare move only the calling thread.
+        std::thread::spawn(|| {
+            let host = current_net();
+            let mut n = SpareNet::new().unwrap();
+            assert!(n.wanted(), "one before the first request");
+            n.make();
+            let spare = n.spare.as_ref().expect("made (the tests run as root)").metadata().unwrap().ino();
+            assert_ne!(spare, host);
+            assert_eq!(current_net(), host, "back in its own namespace after making one");
+            assert!(!n.wanted());
+            assert!(n.enter());
+            assert_eq!(current_net(), spare, "in the spare for the clone");
+            n.leave().unwrap();
+            assert_eq!(current_net(), host);
+            assert!(!n.enter(), "a spare serves once");
+            // The first request used it: none again until two in a row ask for one.
+            n.asked(true);
+            assert!(!n.wanted());
+            n.asked(true);
+            assert!(n.wanted());
+            n.asked(false);
+            assert!(!n.wanted(), "a request joining a namespace ends the streak");
+            n.asked(true);
+            assert!(!n.wanted());
+        })
+        .join()
+        .unwrap();
+    }
 }
