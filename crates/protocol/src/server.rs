@@ -235,7 +235,7 @@ impl Connection {
                         // puts the encoded response in the channel; it fails only before that.
                         match method.handler(ctx, req) {
                             Ok(()) => match res_rx.try_recv() {
-                                Ok((_, encoded)) => return Some(frame(stream_id, &encoded)),
+                                Ok((_, encoded)) => return Some(frame(MESSAGE_TYPE_RESPONSE, stream_id, &encoded)),
                                 Err(_) => error_response((Code::INTERNAL, format!("{path}: no response"))),
                             },
                             Err(e) => error_response((Code::INVALID_ARGUMENT, format!("{path}: {e}"))),
@@ -244,7 +244,7 @@ impl Connection {
                 }
             }
         };
-        Some(frame(stream_id, &response.write_to_bytes().unwrap_or_default()))
+        Some(frame(MESSAGE_TYPE_RESPONSE, stream_id, &response.write_to_bytes().unwrap_or_default()))
     }
 }
 
@@ -257,9 +257,9 @@ fn error_response((code, message): Status) -> Response {
     res
 }
 
-/// Header and body of a response, as one buffer (one write: the peer wakes once).
-fn frame(stream_id: u32, body: &[u8]) -> Vec<u8> {
-    let mh = MessageHeader { length: body.len() as u32, stream_id, type_: MESSAGE_TYPE_RESPONSE, flags: 0 };
+/// Header and body of a message of type `type_`, as one buffer (one write: the peer wakes once).
+fn frame(type_: u8, stream_id: u32, body: &[u8]) -> Vec<u8> {
+    let mh = MessageHeader { length: body.len() as u32, stream_id, type_, flags: 0 };
     let mut out = Vec::with_capacity(MESSAGE_HEADER_LENGTH + body.len());
     out.extend_from_slice(&Vec::<u8>::from(mh));
     out.extend_from_slice(body);
@@ -373,9 +373,7 @@ mod tests {
         let mut s = UnixStream::connect(addr.strip_prefix("unix://").unwrap()).unwrap();
         let request = |stream_id: u32, service: &str, method: &str| {
             let req = Request { service: service.into(), method: method.into(), ..Default::default() };
-            let body = req.write_to_bytes().unwrap();
-            let mh = MessageHeader { length: body.len() as u32, stream_id, type_: MESSAGE_TYPE_REQUEST, flags: 0 };
-            [Vec::<u8>::from(mh), body].concat()
+            frame(MESSAGE_TYPE_REQUEST, stream_id, &req.write_to_bytes().unwrap())
         };
         let reply = |s: &mut UnixStream| {
             let (mh, body) = read_message(s).unwrap();
@@ -394,14 +392,13 @@ mod tests {
         assert_eq!((id, code), (3, Code::RESOURCE_EXHAUSTED as i32));
         assert!(msg.contains(&big.to_string()), "{msg}");
         // A request that is not protobuf.
-        s.write_all(&[Vec::<u8>::from(MessageHeader { length: 3, stream_id: 5, type_: MESSAGE_TYPE_REQUEST, flags: 0 }), vec![0xff; 3]].concat()).unwrap();
+        s.write_all(&frame(MESSAGE_TYPE_REQUEST, 5, &[0xff; 3])).unwrap();
         let (id, _, code, _) = reply(&mut s);
         assert_eq!((id, code), (5, Code::INVALID_ARGUMENT as i32));
         // Still in step: a real call on the same connection.
         let state = StateRequest { id: "after".into(), ..Default::default() };
         let req = Request { service: "containerd.task.v2.Task".into(), method: "State".into(), payload: state.write_to_bytes().unwrap(), ..Default::default() };
-        let body = req.write_to_bytes().unwrap();
-        s.write_all(&[Vec::<u8>::from(MessageHeader { length: body.len() as u32, stream_id: 7, type_: MESSAGE_TYPE_REQUEST, flags: 0 }), body].concat()).unwrap();
+        s.write_all(&frame(MESSAGE_TYPE_REQUEST, 7, &req.write_to_bytes().unwrap())).unwrap();
         let (mh, body) = read_message(&mut s).unwrap();
         let res = Response::parse_from_bytes(&body.unwrap()).unwrap();
         assert_eq!((mh.stream_id, res.status.code.value()), (7, Code::OK as i32));

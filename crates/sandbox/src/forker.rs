@@ -191,8 +191,9 @@ pub fn serve_forks<S>(listener: OwnedFd, standby_args: &[String], ahead: impl Fn
     }
 }
 
-/// Whether a connection waits on `listener` within `ms` milliseconds.
-fn readable(listener: std::os::fd::BorrowedFd<'_>, ms: u16) -> bool {
+/// Whether a connection (or, on a socket, a message) waits on `listener` within `ms`
+/// milliseconds. Also the container fork server's idle test (zygote.rs).
+pub(crate) fn readable(listener: std::os::fd::BorrowedFd<'_>, ms: u16) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(listener, PollFlags::POLLIN)];
     // An error (EINTR) counts as readable: the loop then simply tries accept.

@@ -163,7 +163,7 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
     loop {
         if let Some(n) = nets.as_mut().filter(|n| n.wanted()) {
             // Only while no request waits.
-            if !readable(sock.as_fd(), SPARE_NET_IDLE_MS) {
+            if !crate::forker::readable(sock.as_fd(), SPARE_NET_IDLE_MS) {
                 n.make();
             }
         }
@@ -435,13 +435,6 @@ impl SpareNet {
         self.served = true;
         self.streak = if new_net { (self.streak + 1).min(2) } else { 0 };
     }
-}
-
-/// Whether a message waits on `sock` within `ms` milliseconds (an error counts as one).
-fn readable(sock: std::os::fd::BorrowedFd<'_>, ms: u16) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
-    !matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(0))
 }
 
 fn enter_pid_ns(path: &std::path::Path) -> std::io::Result<std::fs::File> {
