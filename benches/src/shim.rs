@@ -111,6 +111,13 @@ impl Workspace {
         Ok(Workspace { dir, rootfs, cgroup_parent: format!("{tag}-{}", std::process::id()), namespaces: None, patch: None })
     }
 
+    /// Copies `module` from the test bundles into the tasks' root filesystem (hello.wasm and
+    /// sleep.wasm are there already).
+    pub fn add_module(&self, module: &str) -> Result<()> {
+        let from = repo().join("target/test-bundles").join(module);
+        std::fs::copy(&from, self.rootfs.join(module)).map(drop).map_err(io("copy (make bundles first)", &from))
+    }
+
     /// The tasks get exactly these namespaces (`pid`, `network`, …) instead of the default
     /// spec's five: to see what each costs.
     pub fn set_namespaces(&mut self, types: &[&str]) {

@@ -97,6 +97,23 @@ fn invalid_module_fails_create_with_a_clear_error() {
 }
 
 #[test]
+fn unknown_import_fails_start_with_a_clear_error() {
+    // The module loads and validates (Create succeeds); instantiating it, which the shim does
+    // between Create and Start, fails: the Start call reports it, naming what is missing.
+    let r = run_wasm("badimport", "e2e-badimport", &[], &[]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("start: container setup failed at instantiate: /badimport.wasm:"), "{r:?}");
+    assert!(r.stderr.contains("not provided: env.not_provided"), "{r:?}");
+}
+
+#[test]
+fn a_start_function_runs_before_the_entrypoint() {
+    let r = run_wasm("startfn", "e2e-startfn", &[], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "init\nmain\n", "{r:?}");
+}
+
+#[test]
 fn the_module_runs_sandboxed() {
     // The module reads the kernel's view of itself through WASI: it is pid 1 of its own pid
     // namespace, in the cgroup ctr asked for, with the hostname unset to the container id.

@@ -39,19 +39,61 @@ pub enum EngineError {
 pub struct LoadedModule {
     module: Module,
     func: String,
+    /// Whether the module declares a start function, which instantiating it runs.
+    starts: bool,
 }
 
 /// Loads and validates the module at `path` and checks that `func` is an exported function.
 pub fn load_module(path: &Path, func: &str) -> Result<LoadedModule, EngineError> {
     let module = Module::from_file(None, path).map_err(|e| EngineError::InvalidModule { path: path.to_path_buf(), message: e.to_string() })?;
-    with_entrypoint(module, path, func)
+    let starts = std::fs::File::open(path).map_or(true, |f| declares_start(&mut std::io::BufReader::new(f)));
+    with_entrypoint(module, path, func, starts)
 }
 
 /// Loads `bytes` (a module, or its AOT-compiled universal wasm) as the module at `path`, and
 /// checks that `func` is an exported function.
 pub fn load_module_bytes(bytes: &[u8], path: &Path, func: &str) -> Result<LoadedModule, EngineError> {
     let module = Module::from_bytes(None, bytes).map_err(|e| EngineError::InvalidModule { path: path.to_path_buf(), message: e.to_string() })?;
-    with_entrypoint(module, path, func)
+    with_entrypoint(module, path, func, declares_start(&mut std::io::BufReader::new(std::io::Cursor::new(bytes))))
+}
+
+/// Whether the wasm binary `r` declares a start function (section 8), which instantiation
+/// runs: the module's own code. Reads the section headers only (an AOT universal wasm is a
+/// module whose compiled code is one custom section more). What it cannot read counts as yes.
+fn declares_start<R: Read + std::io::Seek>(r: &mut std::io::BufReader<R>) -> bool {
+    const START: u8 = 8;
+    fn byte(r: &mut impl Read) -> Option<u8> {
+        let mut b = [0u8];
+        r.read_exact(&mut b).ok().map(|()| b[0])
+    }
+    let mut head = [0u8; 8];
+    if r.read_exact(&mut head).is_err() || head[..4] != *b"\0asm" {
+        return true;
+    }
+    loop {
+        let mut id = [0u8];
+        match r.read(&mut id) {
+            Ok(0) => return false,
+            Ok(_) if id[0] == START => return true,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+        // The section's size: an unsigned LEB128 of at most 5 bytes.
+        let mut size = 0u64;
+        for shift in (0..35).step_by(7) {
+            let Some(b) = byte(r) else { return true };
+            size |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            if shift == 28 {
+                return true;
+            }
+        }
+        if r.seek_relative(size as i64).is_err() {
+            return true;
+        }
+    }
 }
 
 /// Loads the compiled `artifact` of the module at `path` if it can be read and loaded, else the
@@ -68,9 +110,9 @@ pub fn load_preferring_artifact(artifact: Option<std::io::Result<std::fs::File>>
     load_module(path, func)
 }
 
-fn with_entrypoint(module: Module, path: &Path, func: &str) -> Result<LoadedModule, EngineError> {
+fn with_entrypoint(module: Module, path: &Path, func: &str, starts: bool) -> Result<LoadedModule, EngineError> {
     match module.get_export(func) {
-        Some(ExternalInstanceType::Func(_)) => Ok(LoadedModule { module, func: func.to_string() }),
+        Some(ExternalInstanceType::Func(_)) => Ok(LoadedModule { module, func: func.to_string(), starts }),
         Some(_) => Err(EngineError::NotAFunction { path: path.to_path_buf(), func: func.to_string() }),
         None => Err(EngineError::NoSuchFunction { path: path.to_path_buf(), func: func.to_string() }),
     }
@@ -98,28 +140,75 @@ impl Outcome {
 /// Instantiates WASI and the module, and calls its entrypoint. `preopens` are
 /// `guest:host` directory pairs.
 pub fn run_module(loaded: LoadedModule, args: &[String], env: &[String], preopens: &[String]) -> Result<Outcome, EngineError> {
-    run(loaded, args, env, preopens, false)
+    run(loaded, args, env, preopens, false, &mut |_| true).map(|o| o.expect("started: the gate always opens"))
 }
 
 /// [`run_module`] in a process that exits right after: the module's instance, its memory
 /// and WASI's state are left to the process's exit instead of being torn down first (the
-/// frees and unmaps would only cost the exit report time).
-pub fn run_module_then_exit(loaded: LoadedModule, args: &[String], env: &[String], preopens: &[String]) -> Result<Outcome, EngineError> {
-    run(loaded, args, env, preopens, true)
+/// frees and unmaps would only cost the exit report time). `start` gates the module's own
+/// code (see [`Payload::run`]): a module without a start function is instantiated first, and
+/// `start` gets how that went; one with a start function is instantiated after `start`.
+/// `Ok(None)`: `start` said no, nothing of the module ran.
+pub fn run_module_then_exit(
+    loaded: LoadedModule,
+    args: &[String],
+    env: &[String],
+    preopens: &[String],
+    start: &mut dyn FnMut(Result<(), String>) -> bool,
+) -> Result<Option<Outcome>, EngineError> {
+    run(loaded, args, env, preopens, true, start)
 }
 
-fn run(loaded: LoadedModule, args: &[String], env: &[String], preopens: &[String], exiting: bool) -> Result<Outcome, EngineError> {
+fn run(
+    loaded: LoadedModule,
+    args: &[String],
+    env: &[String],
+    preopens: &[String],
+    exiting: bool,
+    start: &mut dyn FnMut(Result<(), String>) -> bool,
+) -> Result<Option<Outcome>, EngineError> {
+    // Instantiation runs a start function, the module's own code: only then is it left
+    // until after `start`. Otherwise what fails before the entrypoint is called fails ahead.
+    let ahead = !loaded.starts;
+    if !ahead && !start(Ok(())) {
+        return Ok(None);
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env: Vec<&str> = env.iter().map(String::as_str).collect();
     let pre: Vec<&str> = preopens.iter().map(String::as_str).collect();
-    let mut wasi = WasiModule::create(Some(args), Some(env), Some(pre)).map_err(|e| EngineError::Wasi(e.to_string()))?;
+    let mut wasi = match WasiModule::create(Some(args), Some(env), Some(pre)) {
+        Ok(w) => w,
+        Err(e) if ahead => {
+            start(Err(EngineError::Wasi(e.to_string()).to_string()));
+            return Ok(None);
+        }
+        Err(e) => return Err(EngineError::Wasi(e.to_string())),
+    };
     let result = {
         let mut instances: HashMap<String, &mut dyn SyncInst> = HashMap::new();
         instances.insert(wasi.name().to_string(), wasi.as_mut());
-        let store = Store::new(None, instances).map_err(|e| EngineError::Wasi(e.to_string()))?;
+        let store = match Store::new(None, instances) {
+            Ok(s) => s,
+            Err(e) if ahead => {
+                start(Err(EngineError::Wasi(e.to_string()).to_string()));
+                return Ok(None);
+            }
+            Err(e) => return Err(EngineError::Wasi(e.to_string())),
+        };
         let mut vm = Vm::new(store);
-        // Instantiation runs the module's start function, which may trap or proc_exit too.
-        let result = vm.register_module(None, loaded.module).and_then(|vm| vm.run_func(None, &loaded.func, [])).map(drop);
+        // With a start function, instantiation may trap or proc_exit too.
+        let registered = vm.register_module(None, loaded.module.clone()).map(drop);
+        let result = match registered {
+            Err(e) if ahead => {
+                drop(vm);
+                let missing = unprovided_imports(&loaded.module, &wasi);
+                let missing = if missing.is_empty() { String::new() } else { format!(" (not provided: {})", missing.join(", ")) };
+                start(Err(format!("{e}{missing}")));
+                return Ok(None);
+            }
+            Ok(()) if ahead && !start(Ok(())) => return Ok(None),
+            r => r.and_then(|()| vm.run_func(None, &loaded.func, [])).map(drop),
+        };
         if exiting {
             std::mem::forget(vm);
         }
@@ -133,7 +222,21 @@ fn run(loaded: LoadedModule, args: &[String], env: &[String], preopens: &[String
     if exiting {
         std::mem::forget(wasi);
     }
-    Ok(outcome)
+    Ok(Some(outcome))
+}
+
+/// The functions `module` imports that `wasi` does not provide, as `module.name`: what an
+/// instantiation that failed on an unknown import missed. (Only functions: WASI exports no
+/// memory, table or global.)
+fn unprovided_imports(module: &Module, wasi: &WasiModule) -> Vec<String> {
+    use wasmedge_sdk::AsInstance;
+    let provided: std::collections::HashSet<String> = wasi.as_ref().func_names().unwrap_or_default().into_iter().collect();
+    module
+        .imports()
+        .iter()
+        .filter(|i| i.module_name() != wasi.name() || !(matches!(i.ty(), Ok(ExternalInstanceType::Func(_))) && provided.contains(i.name().as_ref())))
+        .map(|i| format!("{}.{}", i.module_name(), i.name()))
+        .collect()
 }
 
 /// The directories a container's module sees: absolute paths resolve against the container's
@@ -319,19 +422,22 @@ impl Payload for WasmEdgePayload {
         }
     }
 
-    fn run(&self, prepared: LoadedModule, plan: &Plan) -> (i32, Option<String>) {
+    fn run(&self, prepared: LoadedModule, plan: &Plan, start: &mut dyn FnMut(Result<(), String>) -> bool) -> Option<(i32, Option<String>)> {
         // The process exits with what this returns (child.rs).
-        match run_module_then_exit(prepared, &plan.args, &plan.env, &container_preopens(Path::new("/"), &plan.cwd)) {
-            Ok(Outcome::Exited(c)) => (Outcome::Exited(c).exit_code(), None),
-            Ok(Outcome::Trapped(msg)) | Err(EngineError::Wasi(msg)) => {
+        // What fails ahead of Start fails the Start call: name the module there.
+        let mut start = |r: Result<(), String>| start(r.map_err(|e| format!("{}: {e}", plan.args[0])));
+        match run_module_then_exit(prepared, &plan.args, &plan.env, &container_preopens(Path::new("/"), &plan.cwd), &mut start) {
+            Ok(None) => None,
+            Ok(Some(Outcome::Exited(c))) => Some((Outcome::Exited(c).exit_code(), None)),
+            Ok(Some(Outcome::Trapped(msg))) | Err(EngineError::Wasi(msg)) => {
                 let msg = format!("wasm trap in {}: {msg}", plan.args[0]);
                 // The container's stderr: the user sees why it died.
                 eprintln!("{msg}");
-                (TRAP_EXIT_CODE, Some(msg))
+                Some((TRAP_EXIT_CODE, Some(msg)))
             }
             Err(e) => {
                 eprintln!("{e}");
-                (TRAP_EXIT_CODE, Some(e.to_string()))
+                Some((TRAP_EXIT_CODE, Some(e.to_string())))
             }
         }
     }
@@ -409,6 +515,64 @@ mod tests {
         assert_eq!(out.exit_code(), 42);
         let out = run_module(load_module(&p, "quiet").unwrap(), &["m".into()], &[], &[]).unwrap();
         assert_eq!(out, Outcome::Exited(0));
+    }
+
+    #[test]
+    fn a_start_function_is_found_in_modules_and_artifacts() {
+        let d = tempfile::tempdir().unwrap();
+        let starts = |wat: &str| {
+            let p = module(d.path(), wat);
+            let from_file = load_module(&p, "_start").unwrap().starts;
+            let from_bytes = load_module_bytes(&std::fs::read(&p).unwrap(), &p, "_start").unwrap().starts;
+            assert_eq!(from_file, from_bytes);
+            from_file
+        };
+        assert!(!starts(EXIT));
+        // Sections after the start section and a big one before it (a multi-byte size).
+        let with_start = format!(
+            r#"(module (memory 1) (func $init) (start $init) (func (export "_start")) (data (i32.const 0) "{}"))"#,
+            "x".repeat(300)
+        );
+        assert!(starts(&with_start));
+        let big_without = format!(r#"(module (memory 1) (func (export "_start")) (data (i32.const 0) "{}"))"#, "x".repeat(70_000));
+        assert!(!starts(&big_without));
+        // Not a module (the loader refuses it anyway): counted as starting.
+        assert!(declares_start(&mut std::io::BufReader::new(std::io::Cursor::new(b"\0asm\x01\0\0\0\x01\xff"))));
+        assert!(declares_start(&mut std::io::BufReader::new(std::io::Cursor::new(b"nope"))));
+    }
+
+    #[test]
+    fn the_gate_comes_after_instantiation_unless_a_start_function_runs_in_it() {
+        let d = tempfile::tempdir().unwrap();
+        // A start function that traps: instantiated before the gate, it would fail there.
+        let p = module(d.path(), r#"(module (func $init unreachable) (start $init) (func (export "_start")))"#);
+        let mut gated = Vec::new();
+        let out = run_module_then_exit(load_module(&p, "_start").unwrap(), &["m".into()], &[], &[], &mut |r| {
+            gated.push(r);
+            true
+        });
+        assert!(matches!(out.unwrap(), Some(Outcome::Trapped(m)) if m.contains("unreachable")));
+        assert_eq!(gated, [Ok(())]);
+        // A closed gate: nothing runs.
+        let out = run_module_then_exit(load_module(&p, "_start").unwrap(), &["m".into()], &[], &[], &mut |_| false);
+        assert_eq!(out.unwrap(), None);
+        // Without a start function, instantiation goes first; its failure reaches the gate.
+        let p = module(d.path(), r#"(module (import "env" "nope" (func)) (func (export "_start")))"#);
+        let mut gated = Vec::new();
+        let out = run_module_then_exit(load_module(&p, "_start").unwrap(), &["m".into()], &[], &[], &mut |r| {
+            gated.push(r);
+            true
+        });
+        assert_eq!(out.unwrap(), None);
+        assert!(matches!(&gated[..], [Err(e)] if e.contains("not provided: env.nope")), "{gated:?}");
+        let p = module(d.path(), EXIT);
+        let mut gated = Vec::new();
+        let out = run_module_then_exit(load_module(&p, "_start").unwrap(), &["m".into()], &[], &[], &mut |r| {
+            gated.push(r);
+            true
+        });
+        assert_eq!(out.unwrap(), Some(Outcome::Exited(42)));
+        assert_eq!(gated, [Ok(())]);
     }
 
     #[test]

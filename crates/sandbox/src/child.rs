@@ -189,33 +189,46 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
     }
     clock.ready = crate::monotonic_ns();
     send(sync.as_fd(), &ChildMsg::Ready(clock), &[]).ctx(Step::Prepare, "report ready")?;
-    match recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()) {
-        Ok(Some((ParentMsg::Start, _))) => {}
-        // The shim went away, or deleted us before Start.
-        _ => return Ok(137),
-    }
 
-    match prepared {
-        None => {
-            let crate::plan::Plan { args, env, .. } = plan;
-            let wshim_oci::Entrypoint::Native { program } = &plan.entry else { unreachable!("checked by is_native") };
-            let prog = CString::new(program.as_os_str().as_bytes()).ctx(Step::Exec, "program")?;
-            let argv: Vec<CString> = args.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().ctx(Step::Exec, "process.args")?;
-            let envp: Vec<CString> = env.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().ctx(Step::Exec, "process.env")?;
-            // The sync socket is close-on-exec: its EOF tells the shim the exec happened.
-            let e = execve(&prog, &argv, &envp).unwrap_err();
-            Err(SetupError::new(Step::Exec, format!("{}: {e}", program.display())))
+    let Some(prepared) = prepared else {
+        match recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()) {
+            Ok(Some((ParentMsg::Start, _))) => {}
+            // The shim went away, or deleted us before Start.
+            _ => return Ok(137),
         }
-        Some(prepared) => {
-            // Nothing can fail between Start and the payload's entry: no report, the shim
-            // does not wait for one.
-            let (code, message) = payload.run(prepared, plan);
-            if message.is_some() {
-                let _ = send(sync.as_fd(), &ChildMsg::Exited { code, message }, &[]);
-            }
-            Ok(code)
+        let crate::plan::Plan { args, env, .. } = plan;
+        let wshim_oci::Entrypoint::Native { program } = &plan.entry else { unreachable!("checked by is_native") };
+        let prog = CString::new(program.as_os_str().as_bytes()).ctx(Step::Exec, "program")?;
+        let argv: Vec<CString> = args.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().ctx(Step::Exec, "process.args")?;
+        let envp: Vec<CString> = env.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().ctx(Step::Exec, "process.env")?;
+        // The sync socket is close-on-exec: its EOF tells the shim the exec happened.
+        let e = execve(&prog, &argv, &envp).unwrap_err();
+        return Err(SetupError::new(Step::Exec, format!("{}: {e}", program.display())));
+    };
+    // The payload first does what it can before Start (instantiates the module while the
+    // shim answers Create and containerd sends Start), reports it (Primed, or Failed, which
+    // the shim's Start returns), then waits for Start. After Primed nothing can fail before
+    // the payload's entry, so the shim's Start does not wait for the process to run.
+    let mut not_started = 137;
+    let mut start = |primed: Result<(), String>| {
+        let (msg, ok) = match primed {
+            Ok(()) => (ChildMsg::Primed, true),
+            Err(e) => (ChildMsg::Failed(SetupError::new(Step::Instantiate, e)), false),
+        };
+        if !ok {
+            not_started = 1;
         }
+        // Failed or not, wait for Start (or the shim's end): an exit now would be a created
+        // task's, and the Start call would not learn why.
+        let sent = send(sync.as_fd(), &msg, &[]).is_ok();
+        let go = sent && matches!(recv::<ParentMsg>(sync.as_fd(), MsgFlags::empty()), Ok(Some((ParentMsg::Start, _))));
+        ok && go
+    };
+    let Some((code, message)) = payload.run(prepared, plan, &mut start) else { return Ok(not_started) };
+    if message.is_some() {
+        let _ = send(sync.as_fd(), &ChildMsg::Exited { code, message }, &[]);
     }
+    Ok(code)
 }
 
 extern "C" fn exit_on_signal(sig: libc::c_int) {

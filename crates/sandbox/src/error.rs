@@ -22,6 +22,7 @@ pub enum Step {
     NoNewPrivs,
     Seccomp,
     CloseFds,
+    Instantiate,
     Exec,
 }
 
@@ -47,6 +48,7 @@ impl fmt::Display for Step {
             Step::NoNewPrivs => "process.noNewPrivileges",
             Step::Seccomp => "linux.seccomp",
             Step::CloseFds => "close inherited fds",
+            Step::Instantiate => "instantiate",
             Step::Exec => "execve",
         };
         f.write_str(s)

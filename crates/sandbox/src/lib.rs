@@ -59,9 +59,13 @@ pub trait Payload {
     /// opened before pivot_root (None when the plan names none); it is closed after prepare.
     fn prepare(&self, plan: &Plan, file: Option<std::io::Result<std::fs::File>>) -> Result<Self::Prepared, String>;
     /// Runs the process; returns its exit code and, if it ended abnormally (a trap), a
-    /// message for the shim's log. Called after Start, with the user, capabilities and
-    /// no_new_privs already applied.
-    fn run(&self, prepared: Self::Prepared, plan: &Plan) -> (i32, Option<String>);
+    /// message for the shim's log. Called once the process reported Ready, with the user,
+    /// capabilities and no_new_privs applied. It may first do work that runs none of the
+    /// payload's own code (a wasm module's instantiation), while the shim answers Create and
+    /// containerd sends Start; then it calls `start` once, with how that work went (an error
+    /// fails the Start call), before anything of the payload's own runs. `start` waits for
+    /// Start and says whether to go on; if not, `run` returns None at once.
+    fn run(&self, prepared: Self::Prepared, plan: &Plan, start: &mut dyn FnMut(Result<(), String>) -> bool) -> Option<(i32, Option<String>)>;
     /// Called in the fork server after it cloned the process for `plan` (so not on that
     /// process's path): work done here is inherited by the processes it clones later, whose
     /// `prepare` may then skip it. The fork server is single-threaded and must stay so.

@@ -174,19 +174,20 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
 
 impl Container {
     /// Lets the process run its payload. For a native program, returns once execve
-    /// succeeded (or with its error). A wasm process has nothing left that can fail before
-    /// its module is entered (its signal handlers are in place since Ready), so this returns
-    /// once the message is sent: waiting for the process to say so would cost the caller a
-    /// wake-up of the process and one of its own.
+    /// succeeded (or with its error). A wasm process instantiates its module between Ready
+    /// and Start and then says Primed (or Failed), which this returns; nothing can fail after
+    /// that before the module is entered (its signal handlers are in place since Ready), so
+    /// this does not wait for the process to run: that would cost the caller a wake-up of the
+    /// process and one of its own. The Primed is usually waiting already, sent while the
+    /// shim answered Create and containerd sent Start.
     pub fn start(&self) -> Result<(), CreateError> {
         let pid = self.pid;
         send(self.sync.as_fd(), &ParentMsg::Start, &[]).map_err(|source| CreateError::Sync { pid, source })?;
-        if !self.native {
-            return Ok(());
-        }
         match recv::<ChildMsg>(self.sync.as_fd(), MsgFlags::empty()) {
             // EOF: the close-on-exec socket went with a successful execve.
-            Ok(None) => Ok(()),
+            Ok(None) if self.native => Ok(()),
+            Ok(None) => Err(CreateError::Died { pid, during: "instantiation" }),
+            Ok(Some((ChildMsg::Primed, _))) if !self.native => Ok(()),
             Ok(Some((ChildMsg::Failed(e), _))) => Err(e.into()),
             Ok(Some((other, _))) => Err(CreateError::Sync { pid, source: std::io::Error::other(format!("unexpected {other:?}")) }),
             Err(source) => Err(CreateError::Sync { pid, source }),

@@ -20,7 +20,10 @@ pub(crate) enum ChildMsg {
     /// Setup is done and the process is prepared; waiting for Start. With when (CLOCK_MONOTONIC,
     /// ns) each stage of the setup ended, for the shim's log.
     Ready(crate::SetupClock),
-    /// Setup failed; the child exits.
+    /// The payload's work between Ready and Start (a module's instantiation) is done; sent
+    /// after Ready by a process that runs a payload, not by one that execs.
+    Primed,
+    /// Setup failed; the child exits (after Start, if that work failed).
     Failed(SetupError),
     /// The payload ended with a message for the shim's log (a trap, say).
     Exited { code: i32, message: Option<String> },
