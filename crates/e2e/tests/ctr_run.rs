@@ -55,6 +55,8 @@ fn trap_exits_non_zero_with_the_message_on_stderr() {
     let r = run_wasm("trap", "e2e-trap", &[], &[]);
     assert_eq!(r.code, 134, "{r:?}");
     assert!(r.stderr.contains("about to trap"), "{r:?}");
+    // The program's output only: no runtime log lines in it.
+    assert!(!r.stdout.contains("[error]"), "{r:?}");
     assert!(r.stderr.contains("wasm trap in /trap.wasm: unreachable"), "{r:?}");
     // And in the shim's log, which containerd copies into its own.
     let log = std::fs::read_to_string("/run/wshim/containerd.log").expect("containerd log");
@@ -104,6 +106,7 @@ fn unknown_import_fails_start_with_a_clear_error() {
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("start: container setup failed at instantiate: /badimport.wasm:"), "{r:?}");
     assert!(r.stderr.contains("not provided: env.not_provided"), "{r:?}");
+    assert_eq!(r.stdout, "", "{r:?}");
 }
 
 #[test]

@@ -300,6 +300,12 @@ impl Default for WasmEdgePayload {
     /// In a process forked from the node fork server (a pod's daemon), with the module it
     /// kept for new pods; the process's copy of it is taken.
     fn default() -> WasmEdgePayload {
+        // WasmEdge logs to the process's stdout, which in a container is the program's output
+        // (a trap's log lines would land in the data a user pipes on). What goes wrong is
+        // reported on stderr and in the shim's log instead (`run`, and Failed). Done here, in
+        // the process the fork server is forked from: its logger (spdlog's registry) is made
+        // once, not again in every container process.
+        wasmedge_sdk::log::LogManager::log_off();
         WasmEdgePayload { preloaded: std::cell::RefCell::new(FOR_NEW_PODS.with(|p| p.borrow_mut().take())) }
     }
 }
