@@ -86,8 +86,9 @@ pub(crate) fn protect_paths(plan: &Plan) -> Result<(), SetupError> {
     for p in &plan.readonly_paths {
         readonly_path(p)?;
     }
+    let mut empty_dir = None;
     for p in &plan.masked_paths {
-        mask_path(p)?;
+        mask_path(p, &mut empty_dir)?;
     }
     Ok(())
 }
@@ -279,18 +280,29 @@ fn make_device(root: &wshim_oci::RootDir, d: &DevicePlan, ids: (u32, u32)) -> Re
 }
 
 /// A directory gets an empty read-only tmpfs, anything else /dev/null; a missing path is
-/// skipped. Tried in that order rather than looked at first: one syscall for a directory.
-fn mask_path(p: &Path) -> Result<(), SetupError> {
-    use nix::errno::Errno;
+/// skipped. Looked at first (a stat is a path walk): a mount tried on the wrong kind fails
+/// only after its costly part, a tmpfs made for a file, or a bind of /dev/null made and then
+/// torn down (which waits for an RCU grace period). The first masked directory gets its own
+/// tmpfs (`empty_dir` is then that path), later ones a bind of it, which makes no file
+/// system: a read-only tmpfs cannot be written through any of its mounts, so sharing one is
+/// sharing an empty directory.
+fn mask_path(p: &Path, empty_dir: &mut Option<PathBuf>) -> Result<(), SetupError> {
     let what = || format!("maskedPaths {}", p.display());
-    match mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(Errno::ENOTDIR) => match mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
-            Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(e).ctx(Step::Mounts, what()),
-        },
-        Err(e) => Err(e).ctx(Step::Mounts, what()),
+    let is_dir = match nix::sys::stat::stat(p) {
+        Ok(st) => st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits(),
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e).ctx(Step::Mounts, what()),
+    };
+    let made = match (is_dir, &empty_dir) {
+        (false, _) => mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+        (true, Some(dir)) => mount(Some(dir.as_path()), p, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+        (true, None) => mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>),
+    };
+    made.ctx(Step::Mounts, what())?;
+    if is_dir && empty_dir.is_none() {
+        *empty_dir = Some(p.to_path_buf());
     }
+    Ok(())
 }
 
 fn readonly_path(p: &Path) -> Result<(), SetupError> {
