@@ -53,13 +53,21 @@ fn init<P: Payload>(plan: &Plan, sync: &OwnedFd, stdio: [OwnedFd; 3], payload: &
 
     // Join the cgroup while still in the shim's cgroup namespace, so that a new cgroup
     // namespace below is rooted at the container's own cgroup. Its v1 directories may still
-    // be being made while we were cloned: the parent says when they exist.
-    if plan.cgroup_pending {
-        wait_for(sync.as_fd(), ParentMsg::CgroupReady, Step::JoinCgroup, "the cgroup", "making the cgroup")?;
+    // be being made while we were cloned: the parent says when they exist, and may send
+    // their join files open (it opened them on its thread while we were being cloned: a
+    // path walk and a kernfs open each, some 15 us, off our path).
+    let opened = if plan.cgroup_pending { wait_for(sync.as_fd(), ParentMsg::CgroupReady, Step::JoinCgroup, "the cgroup", "making the cgroup")? } else { Vec::new() };
+    let opened = if opened.len() == plan.cgroup_procs.len() { opened } else { Vec::new() };
+    for (i, f) in plan.cgroup_procs.iter().enumerate() {
+        if plan.cgroup_placed.as_ref() == Some(f) {
+            continue;
+        }
+        match opened.get(i) {
+            Some(fd) => nix::unistd::write(fd, b"0").map(drop).ctx(Step::JoinCgroup, f.display())?,
+            None => std::fs::write(f, "0").ctx(Step::JoinCgroup, f.display())?,
+        }
     }
-    for f in &plan.cgroup_procs {
-        std::fs::write(f, "0").ctx(Step::JoinCgroup, f.display())?;
-    }
+    drop(opened);
     clock.joined = crate::monotonic_ns();
 
     // The payload's host file (in the cache of the shim's mount namespace): before a joined

@@ -1,7 +1,7 @@
 //! The shim's side of creating and starting a container. One straight-line function; the
 //! child's side is `child::container_init`.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sys::signal::{kill, Signal};
@@ -122,7 +122,15 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
             s.spawn(move || {
                 late()?;
                 let t = crate::monotonic_ns();
-                Ok::<_, CgroupError>((t, if tell_from_thread { send(sync, &ParentMsg::CgroupReady, &[]) } else { Ok(()) }))
+                if !tell_from_thread {
+                    return Ok::<_, CgroupError>((t, Ok(())));
+                }
+                // With the files it joins by, opened here: the child only writes them. All
+                // or none (then it opens them itself and names the one that fails).
+                let opened: Result<Vec<OwnedFd>, _> = plan.cgroup_procs.iter().map(|f| open_for_join(f)).collect();
+                let opened = opened.unwrap_or_default();
+                let raw: Vec<RawFd> = opened.iter().map(AsRawFd::as_raw_fd).collect();
+                Ok((t, send(sync, &ParentMsg::CgroupReady, &raw)))
             })
         });
         let spawned = zygote.spawn(plan, theirs, stdio, into_cgroup);
@@ -170,6 +178,12 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
         }
     };
     fail(err)
+}
+
+/// A cgroup file the child writes "0" into to join: opened here, written there.
+fn open_for_join(f: &Path) -> nix::Result<OwnedFd> {
+    use nix::fcntl::{open, OFlag};
+    open(f, OFlag::O_WRONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
 }
 
 impl Container {

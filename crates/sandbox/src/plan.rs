@@ -113,6 +113,9 @@ pub struct Plan {
     /// Set by the parent: some of those files are still being made when the child starts;
     /// it waits for `CgroupReady` before joining.
     pub cgroup_pending: bool,
+    /// Set by the fork server: the one of those files whose cgroup the process was cloned
+    /// into (CLONE_INTO_CGROUP), not to be written.
+    pub cgroup_placed: Option<PathBuf>,
     /// Filled in by the parent: (controller dir name, host dir) bound under a `cgroup` mount.
     pub cgroup_mount_sources: Vec<(String, PathBuf)>,
     /// An extra process in a running container: it joins every namespace by path and does
@@ -295,6 +298,7 @@ impl Plan {
             stdio,
             cgroup_procs: Vec::new(),
             cgroup_pending: false,
+            cgroup_placed: None,
             cgroup_mount_sources: Vec::new(),
             payload_file: None,
             exec: false,
@@ -346,6 +350,7 @@ impl Plan {
             oom_score_adj: process.oom_score_adj().or(self.oom_score_adj),
             cgroup_procs: Vec::new(),
             cgroup_pending: false,
+            cgroup_placed: None,
             // The container's compiled module is not this process's.
             payload_file: None,
             exec: true,

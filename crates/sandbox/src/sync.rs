@@ -35,7 +35,9 @@ pub(crate) enum ParentMsg {
     Start,
     /// The container's user namespace has its uid_map and gid_map (see `userns`).
     IdsMapped,
-    /// The cgroup's directories the child joins exist now (`Plan::cgroup_pending`).
+    /// The cgroup's directories the child joins exist now (`Plan::cgroup_pending`). With,
+    /// from the thread that made them, the files it joins them by (`Plan::cgroup_procs`),
+    /// open for writing and in that order, or none (the child opens them then).
     CgroupReady,
 }
 
@@ -59,9 +61,10 @@ pub(crate) fn send<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> 
 
 /// In a container child: waits for the shim's `want`, which `what` names in the errors
 /// ("expected {what}", "the shim went away before {gone}"), failing `step` otherwise.
-pub(crate) fn wait_for(fd: BorrowedFd<'_>, want: ParentMsg, step: Step, what: &str, gone: &str) -> Result<(), SetupError> {
+/// Returns the descriptors that came with it.
+pub(crate) fn wait_for(fd: BorrowedFd<'_>, want: ParentMsg, step: Step, what: &str, gone: &str) -> Result<Vec<OwnedFd>, SetupError> {
     match recv::<ParentMsg>(fd, MsgFlags::empty()) {
-        Ok(Some((got, _))) if got == want => Ok(()),
+        Ok(Some((got, fds))) if got == want => Ok(fds),
         Ok(Some((other, _))) => Err(SetupError::new(step, format!("expected {what}, got {other:?}"))),
         Ok(None) => Err(SetupError::new(step, format!("the shim went away before {gone}"))),
         Err(e) => Err(SetupError::new(step, format!("wait for {what}: {e}"))),
@@ -87,8 +90,8 @@ pub(crate) fn recv<T: DeserializeOwned>(fd: BorrowedFd<'_>, flags: MsgFlags) -> 
         return Err(std::io::Error::other(format!("a message of {len} bytes (at most {MAX_MSG})")));
     }
     let mut buf = vec![0u8; len.max(1)];
-    // Room for the most a message carries: a spawn request's sync, stdio and cgroup.
-    let mut cmsg_space = nix::cmsg_space!([RawFd; 8]);
+    // Room for the most a message carries: a cgroup's join files, one per hierarchy.
+    let mut cmsg_space = nix::cmsg_space!([RawFd; 32]);
     let (n, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg_space), flags | MsgFlags::MSG_CMSG_CLOEXEC) {

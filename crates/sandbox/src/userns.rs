@@ -127,7 +127,7 @@ pub(crate) fn wait_for_parent(plan: &Plan, sync: &std::os::fd::OwnedFd) -> Resul
     if !plan.in_userns() {
         return Ok(());
     }
-    wait_for(sync.as_fd(), ParentMsg::IdsMapped, Step::UserNamespace, "the id mappings", "mapping our ids")
+    wait_for(sync.as_fd(), ParentMsg::IdsMapped, Step::UserNamespace, "the id mappings", "mapping our ids").map(drop)
 }
 
 /// Child side, step 3: from host root (unmapped here, yet holding every capability in the

@@ -233,8 +233,7 @@ fn serve<P: Payload>(sock: OwnedFd, payload: P) -> ! {
             drop(cgroup_dir);
             if placed {
                 // Already in that cgroup: writing its cgroup.procs would be a needless migration.
-                let skip = req.into_cgroup.take();
-                req.plan.cgroup_procs.retain(|p| Some(p) != skip.as_ref());
+                req.plan.cgroup_placed = req.into_cgroup.take();
             }
             crate::child::container_init(req.plan, child_sync, stdio, &payload);
         }
