@@ -226,12 +226,14 @@ impl TaskService {
             Some(target)
         };
         match self.create_in_rootfs(req, &bundle_dir) {
-            Ok((container, plan, io, (plan_us, hook_us))) => {
+            Ok((mut container, plan, io, (plan_us, hook_us))) => {
                 let pid = container.pid as u32;
                 // `setup_us`: the container setup's stages, in µs since it began (SetupTiming).
                 let setup_us = container.timing.to_string();
                 let into_cgroup = container.into_cgroup;
-                let oom = match container.cgroup.oom_watch() {
+                // Set up while the process set itself up.
+                let (watch, oom_kills) = container.oom.take().unwrap_or_else(|| (container.cgroup.oom_watch(), container.cgroup.oom_kills().unwrap_or(0)));
+                let oom = match watch {
                     Ok(w) => w,
                     Err(e) => {
                         warn!(id = id.as_str(), error:% = e; "no OOM notifications for this container");
@@ -245,7 +247,6 @@ impl TaskService {
                         warn!(id = id.as_str(), error:% = e; "no OOM notifications for this container");
                     }
                 }
-                let oom_kills = container.cgroup.oom_kills().unwrap_or(0);
                 let task = Task {
                     id: id.clone(),
                     bundle: bundle_dir,

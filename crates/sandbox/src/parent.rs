@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::MsgFlags;
 use nix::unistd::Pid;
 
-use crate::cgroup::{Cgroup, CgroupError};
+use crate::cgroup::{Cgroup, CgroupError, OomWatch};
 use crate::error::SetupError;
 use crate::sync::{self, recv, send, ChildMsg, ParentMsg};
 use crate::{Plan, Zygote, ZygoteError};
@@ -41,6 +41,9 @@ pub struct Container {
     native: bool,
     /// Where the setup's time went, for the log.
     pub timing: SetupTiming,
+    /// A container's (not an exec's): its cgroup's OOM watch and OOM kill count so far,
+    /// made while the process set itself up ([`Cgroup::oom_watch`], [`Cgroup::oom_kills`]).
+    pub oom: Option<(Result<Option<OomWatch>, CgroupError>, u64)>,
 }
 
 /// µs from the start of [`create_container`] (or [`create_exec`]) until each stage ended, in
@@ -81,20 +84,29 @@ pub fn create_container(mut plan: Plan, zygote: &Zygote, cgroup_root: &Path, std
     let resources = plan.resources.clone();
     let late = || cgroup.create_late(cgroup_root, resources.as_ref());
     let late = cgroup.has_late().then_some(&late as &(dyn Fn() -> Result<(), CgroupError> + Sync));
-    spawn(plan, zygote, stdio, cgroup.clone(), t0, late).map_err(|e| (e, Some(cgroup.clone())))
+    spawn(plan, zygote, stdio, cgroup.clone(), t0, late, true).map_err(|e| (e, Some(cgroup.clone())))
 }
 
 /// Creates an extra process in the running container `container` (an exec): `plan` comes
 /// from [`Plan::for_exec`]. It joins the container's namespaces and cgroup, and waits for
 /// [`Container::start`] like the container's own process.
 pub fn create_exec(plan: Plan, zygote: &Zygote, container: &Container, stdio: [OwnedFd; 3]) -> Result<Container, CreateError> {
-    spawn(plan, zygote, stdio, container.cgroup.clone(), crate::monotonic_ns(), None)
+    spawn(plan, zygote, stdio, container.cgroup.clone(), crate::monotonic_ns(), None, false)
 }
 
 /// The process for `plan`, in `cgroup`: the files it joins and the v2 directory it may be
 /// cloned into both come from that one cgroup here. `late` makes the rest of the cgroup
-/// while the fork server clones; the child joins only once it is done.
-fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t0: u64, late: Option<&(dyn Fn() -> Result<(), CgroupError> + Sync)>) -> Result<Container, CreateError> {
+/// while the fork server clones; the child joins only once it is done. With `watch_oom`,
+/// the cgroup's OOM watch is set up while the child sets itself up.
+fn spawn(
+    mut plan: Plan,
+    zygote: &Zygote,
+    stdio: [OwnedFd; 3],
+    cgroup: Cgroup,
+    t0: u64,
+    late: Option<&(dyn Fn() -> Result<(), CgroupError> + Sync)>,
+    watch_oom: bool,
+) -> Result<Container, CreateError> {
     plan.cgroup_procs = cgroup.join_files();
     plan.cgroup_pending = late.is_some();
     let plan = &plan;
@@ -161,14 +173,20 @@ fn spawn(mut plan: Plan, zygote: &Zygote, stdio: [OwnedFd; 3], cgroup: Cgroup, t
         }
     }
 
-    // Setup runs in the child now; it answers Ready, or Failed naming the step. With a
-    // terminal, the pty master comes first.
+    // Setup runs in the child now (a millisecond and more): meanwhile, the OOM watch, then
+    // the OOM kill count it starts from (in that order: a kill between the two is counted).
+    let mut oom = watch_oom.then(|| {
+        let watch = cgroup.oom_watch();
+        (watch, cgroup.oom_kills().unwrap_or(0))
+    });
+    // The child answers Ready, or Failed naming the step. With a terminal, the pty master
+    // comes first.
     let mut console = None;
     let err = loop {
         match recv::<ChildMsg>(ours.as_fd(), MsgFlags::empty()) {
             Ok(Some((ChildMsg::Ready(clock), _))) => {
                 let timing = SetupTiming::new(t0, [t_cgroup, t_requested, received, cloned], clock);
-                return Ok(Container { pid, cgroup, sync: ours, console, into_cgroup: placed, native: plan.is_native(), timing });
+                return Ok(Container { pid, cgroup, sync: ours, console, into_cgroup: placed, native: plan.is_native(), timing, oom: oom.take() });
             }
             Ok(Some((ChildMsg::Console, mut fds))) if fds.len() == 1 && console.is_none() => console = fds.pop(),
             Ok(Some((ChildMsg::Failed(e), _))) => break CreateError::Setup(e),
